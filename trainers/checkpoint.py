@@ -1,0 +1,61 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a plain dict of tensors and primitives, so it loads with `weights_only=True`
+(no arbitrary code runs on load). Writes are atomic: a temp file in the same folder, then a
+rename, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"  # full state, for resuming
+BEST = "best.pt"  # model weights at the best validation loss, for scoring
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None (with a warning) when it is missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
+        log.warning(
+            "checkpoint %s is unreadable (%s: %s); starting fresh", path, type(e).__name__, e
+        )
+        return None
+
+
+def rng_state(sampler_generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),  # dropout on the CPU
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": sampler_generator.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], sampler_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    sampler_generator.set_state(state["data"])
