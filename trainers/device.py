@@ -55,6 +55,22 @@ def configure(device: torch.device, *, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def device_name(device: torch.device) -> str:
+    """Human name of the hardware: the GPU's model, or the CPU's from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

@@ -1,0 +1,170 @@
+"""Studies are data: a YAML file validated against this schema, which rejects unknown keys.
+
+    description: what the study is for
+    objective: {metric: val/loss, direction: minimize}
+    trials: 100                      # default total; --trials overrides
+    search_space: {optimizer: {lr: [1.0e-4, 1.0e-2]}, schedule: {}}
+    trainer: {data.corpus: stdlib, train.max_steps: 600}    # fixed settings (dotted keys)
+    sampler: {name: tpe, n_startup_trials: 10}
+    pruner: {name: hyperband, reduction_factor: 3}
+    baseline: {optim.lr: 1.0e-3}      # what hpo.validate compares the winner against
+
+`load_study_spec` finds the file, parses and checks everything a run will need (every config
+key, every search-space bound, by dry-running the spaces in memory) before anything is stored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+import search_spaces
+from hpo.errors import HPOError
+from trainers import TrainConfig, UsageError
+
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
+PRUNERS = ("hyperband", "sha", "median", "none")
+METRICS = ("val/loss", "val/bpb")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal[METRICS] = "val/loss"  # type: ignore[valid-type]
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class SamplerSpec(_Strict):
+    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    n_startup_trials: int = Field(10, ge=0)  # random trials before the model-based sampler starts
+    seed: int = 0
+
+
+class PrunerSpec(_Strict):
+    name: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
+    reduction_factor: int = Field(3, ge=2)
+    min_resource: int | None = Field(None, ge=1)  # steps; None = one train.eval_interval
+    n_startup_trials: int = Field(5, ge=0)  # median only
+
+
+class StudySpec(_Strict):
+    description: str
+    objective: ObjectiveSpec = ObjectiveSpec()
+    trials: int = Field(50, ge=1)
+    search_space: dict[str, dict[str, Any] | None] = Field(min_length=1)
+    trainer: dict[str, Any] = {}
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    baseline: dict[str, Any] = {}
+    name: str = ""  # filled from the file name
+    path: str = ""
+
+    def train_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
+        """Defaults <- study.trainer <- --set (the fixed part of every trial's config)."""
+        return TrainConfig().with_overrides(self.trainer).with_overrides(sets or {})
+
+    def baseline_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
+        return self.train_config().with_overrides(self.baseline).with_overrides(sets or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"path"})
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+def resolve_study_path(study: str) -> Path:
+    """A shipped study's name, or a path to a YAML file."""
+    path = Path(study).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise HPOError(f"study file {study!r} not found")
+        return path
+    shipped = STUDIES_DIR / f"{study}.yaml"
+    if not shipped.is_file():
+        raise HPOError(
+            f"unknown study {study!r}; shipped studies: {', '.join(study_names())} "
+            "(or give the path of a YAML file)"
+        )
+    return shipped
+
+
+def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudySpec:
+    """Find, parse and fully check a study. Raises HPOError with one line saying what is wrong."""
+    path = resolve_study_path(study)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise HPOError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise HPOError(
+            f"{path}: a study must be a YAML mapping of keys, but got {type(raw).__name__}"
+        )
+    try:
+        spec = StudySpec(**raw, name=path.stem, path=str(path))
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            internal = ("name", "path") if len(err["loc"]) == 1 else ()  # filled in, not written
+            valid = ", ".join(f for f in _fields_at(err["loc"][:-1]) if f not in internal)
+            raise HPOError(f"{path}: unknown key {key!r}; valid keys here: {valid}") from None
+        raise HPOError(f"{path}: {key}: {err['msg']}, but got {err.get('input')!r}") from None
+    _check(spec, path, sets)
+    return spec
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: type[BaseModel] = StudySpec
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _check(spec: StudySpec, path: Path, sets: dict[str, Any] | None) -> None:
+    try:
+        spec.train_config()
+        spec.baseline_config()
+    except UsageError as e:
+        raise HPOError(f"{path}: {e}") from None
+    try:
+        base = spec.train_config(sets)
+        spec.baseline_config(sets)
+    except UsageError as e:
+        raise HPOError(f"--set: {e}") from None
+    for name, bounds in spec.search_space.items():
+        if name not in search_spaces.SPACES:
+            raise HPOError(
+                f"{path}: unknown search space {name!r}; valid: {', '.join(search_spaces.SPACES)}"
+            )
+        accepted = inspect.signature(search_spaces.SPACES[name]).parameters
+        for bound in bounds or {}:
+            if bound not in accepted or bound == "trial":
+                valid = ", ".join(p for p in accepted if p != "trial")
+                raise HPOError(f"{path}: unknown bound {name}.{bound}; valid for {name}: {valid}")
+    # Dry-run the spaces in memory, enough times to visit their conditional branches: every
+    # bound is checked and every sampled config must be one the trainer accepts.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dry = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(16):
+        trial = dry.ask()
+        try:
+            base.with_overrides(search_spaces.suggest(trial, spec.search_space))
+        except (ValueError, UsageError) as e:
+            raise HPOError(f"{path}: search_space: {e}") from None
+        dry.tell(trial, 0.0)

@@ -1,0 +1,134 @@
+"""Property tests: samples stay in bounds, conditional parameters appear exactly when their
+condition holds, batch sizes are powers of two, and a seed fixes the whole sequence."""
+
+import math
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import search_spaces
+from search_spaces import architecture, batch_size, optimizer, regularization, schedule
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sample(space, n=60, seed=0, sampler="random", **bounds):
+    make = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}[sampler]
+    study = optuna.create_study(sampler=make(seed=seed))
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        overrides = space(trial, **bounds)
+        out.append((dict(trial.params), overrides))
+        study.tell(trial, float(i % 7))
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    low=st.floats(1e-6, 1e-2),
+    span=st.floats(1.5, 1e4),
+    names=st.lists(st.sampled_from(["adamw", "adam", "sgd"]), min_size=1, max_size=3, unique=True),
+)
+def test_optimizer_samples_stay_in_bounds_and_conditions_hold(low, span, names):
+    for params, out in sample(optimizer.suggest, n=20, lr=(low, low * span), names=names):
+        assert low <= out["optim.lr"] <= low * span
+        assert out["optim.name"] in names
+        adam = out["optim.name"] in optimizer.ADAM_FAMILY
+        assert ("optim.one_minus_beta1" in params) == adam
+        assert ("optim.beta1" in out) == adam and ("optim.beta2" in out) == adam
+        assert ("optim.one_minus_momentum" in params) == (out["optim.name"] == "sgd")
+        if adam:
+            assert 0.7 <= out["optim.beta1"] <= 0.99 and 0.9 <= out["optim.beta2"] <= 0.999
+        assert ("optim.weight_decay" in params) == params["optim.weight_decay_on"]
+        if not params["optim.weight_decay_on"]:
+            assert out["optim.weight_decay"] == 0.0
+        assert ("optim.name" in params) == (len(names) > 1)
+
+
+def test_betas_are_log_uniform_in_one_minus_beta():
+    # 0.9, 0.99 and 0.999 must be about equally likely: 1-beta2 in [1e-3, 1e-1] splits evenly in log
+    draws = [out["optim.beta2"] for _, out in sample(optimizer.suggest, n=400, names=["adam"])]
+    below = sum(1 - b < 1e-2 for b in draws) / len(draws)
+    assert 0.4 < below < 0.6
+
+
+@settings(max_examples=20, deadline=None)
+@given(low_exp=st.integers(0, 5), extra=st.integers(1, 5))
+def test_batch_sizes_are_powers_of_two_within_bounds(low_exp, extra):
+    low, high = 2**low_exp, 2 ** (low_exp + extra)
+    for params, out in sample(batch_size.suggest, n=20, batch_size=(low, high)):
+        b = out["train.batch_size"]
+        assert low <= b <= high and b & (b - 1) == 0
+        assert params["train.batch_size_log2"] == int(math.log2(b))
+
+
+def test_schedule_floor_only_for_decaying_schedules():
+    for params, out in sample(schedule.suggest, n=80):
+        assert out["schedule.warmup_frac"] in (0.0, 0.02, 0.05, 0.1)
+        assert ("schedule.min_lr_frac" in params) == (out["schedule.name"] != "constant")
+        if "schedule.min_lr_frac" in params:
+            assert 0.0 <= out["schedule.min_lr_frac"] <= 0.2
+
+
+def test_regularization_and_disabled_bounds():
+    for params, out in sample(regularization.suggest, n=30, label_smoothing=None):
+        assert 0 <= out["model.dropout"] <= 0.3
+        assert "train.label_smoothing" not in out and "train.label_smoothing" not in params
+
+
+def test_architecture_width_always_divides_into_heads():
+    for _, out in sample(
+        architecture.suggest, n=80, n_layer=(1, 3), n_head=(1, 6), head_size=(8, 32)
+    ):
+        assert 1 <= out["model.n_layer"] <= 3 and 1 <= out["model.n_head"] <= 6
+        head = out["model.n_embd"] // out["model.n_head"]
+        assert out["model.n_embd"] % out["model.n_head"] == 0 and head in (8, 16, 32)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_same_seed_same_sequence(sampler):
+    spaces = {"optimizer": {"names": ["adamw", "sgd"]}, "schedule": {}, "batch_size": {}}
+
+    def run(seed):
+        return sample(lambda t: search_spaces.suggest(t, spaces), n=25, seed=seed, sampler=sampler)
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+@pytest.mark.parametrize(
+    ("space", "bounds", "message"),
+    [
+        (
+            optimizer.suggest,
+            {"lr": (1e-2, 1e-4)},
+            "optimizer.lr: low must be below high, but got low=0.01, high=0.0001",
+        ),
+        (optimizer.suggest, {"lr": (1e-3, 1e-3)}, "low must be below high"),
+        (
+            optimizer.suggest,
+            {"lr": (0.0, 1e-2)},
+            "optimizer.lr: a log-scale range needs low > 0, but got low=0.0",
+        ),
+        (optimizer.suggest, {"names": ["adamw", "lion"]}, "unknown choice 'lion'"),
+        (optimizer.suggest, {"one_minus_beta2": (0.01, 1.5)}, "1 - beta must stay below 1"),
+        (batch_size.suggest, {"batch_size": (8, 48)}, "bounds must be powers of two, but got 48"),
+        (schedule.suggest, {"warmup_fracs": [0.0, 1.5]}, "each must be in [0, 1)"),
+        (architecture.suggest, {"n_layer": (2.5, 4)}, "must be whole numbers"),
+        (regularization.suggest, {"dropout": (0.0, 1.0)}, "must lie in [0, 1)"),
+    ],
+)
+def test_impossible_bounds_are_refused(space, bounds, message):
+    trial = optuna.create_study().ask()
+    with pytest.raises(ValueError) as err:
+        space(trial, **bounds)
+    assert message in str(err.value)
+
+
+def test_yaml_style_string_numbers_are_accepted():
+    trial = optuna.create_study().ask()
+    out = optimizer.suggest(trial, lr=("1e-4", "1e-2"))
+    assert 1e-4 <= out["optim.lr"] <= 1e-2
