@@ -1,5 +1,6 @@
 # One command each: `make run` sets up and tunes lr_sweep on the built-in corpus; `make test`
-# sets up and runs lint and the test suite (what CI runs).
+# sets up (the venv, and Debian's chromium for the browser tests) and runs lint and the test
+# suite (what CI runs).
 PY := .venv/bin/python
 
 .PHONY: setup run test bench
@@ -11,6 +12,7 @@ run: setup
 	$(PY) -m hpo.run --study lr_sweep
 
 test: setup
+	bash scripts/install-browser.sh
 	.venv/bin/ruff format --check .
 	.venv/bin/ruff check .
 	$(PY) -m pytest

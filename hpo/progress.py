@@ -3,6 +3,7 @@ trial) and the summary printed at the end."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Sequence
 
@@ -36,7 +37,7 @@ class Progress:
             key=lambda t: t.number,
         ):
             self.seen.add(t.number)
-            self.bar.write(describe(t, self.metric))
+            self.bar.write(describe(t, self.metric), file=sys.stderr)
         counts = Counter(t.state for t in trials)
         self.bar.n = min(counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], self.bar.total)
         postfix = {"pruned": counts[TrialState.PRUNED], "failed": counts[TrialState.FAIL]}

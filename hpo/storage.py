@@ -70,3 +70,30 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             f"cannot open storage {masked(url)}: {reason} "
             "(check the URL, that the server is running, and its driver is installed)"
         ) from None
+
+
+def last_study() -> dict | None:
+    """What `hpo.run` ran last here ({study_name, storage, study}), or None."""
+    import json
+
+    try:
+        return json.loads((runs_dir() / "last_study.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_existing_study(name: str | None, url: str | None) -> optuna.Study:
+    """The named study (default: the one run last) from `url`; HPOError if there is none."""
+    last = last_study() or {}
+    name = name or last.get("study_name")
+    url = storage_url(url or (last.get("storage") if name == last.get("study_name") else None))
+    if not name:
+        raise HPOError("no study given and none run here yet: pass --study NAME")
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        raise HPOError(
+            f"no study {name!r} in {masked(url)}; studies there: {', '.join(names) or 'none'}"
+        ) from None

@@ -1,0 +1,156 @@
+"""Search efficiency: best val loss against compute spent, for three strategies on one study.
+
+    python benchmarks/search_efficiency.py [--seeds 3] [--budget-trials 30]
+
+Strategies, each given the same compute budget (training steps summed over trials):
+  - tpe+hyperband  (hpo's default)
+  - random         (random search, every trial trained to the end: the baseline)
+  - random+hyperband
+Every run goes through hpo's real objective, trainer and SQLite storage. Reported per strategy,
+median over study seeds: the final best value, and the compute at which each strategy first
+matched the unpruned random search's final best (as a fraction of the budget). Also the share of
+wall time spent outside training: sampler, pruner, storage, process start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from hpo.objective import Objective
+from hpo.storage import open_storage
+from hpo.strategy import make_pruner, make_sampler
+from hpo.study_spec import load_study_spec
+from trainers import TrainerError
+
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# lr_sweep's search space on a smaller model and budget, so 9 studies fit in minutes on a CPU
+BENCH_SETS = {
+    "model.n_layer": 2,
+    "model.n_head": 2,
+    "model.n_embd": 64,
+    "train.max_steps": 300,
+    "train.eval_interval": 25,
+    "train.eval_batches": 4,
+}
+STRATEGIES = {
+    "tpe+hyperband": ("tpe", "hyperband"),
+    "random": ("random", "none"),
+    "random+hyperband": ("random", "hyperband"),
+}
+
+
+def run_strategy(
+    sampler: str, pruner: str, seed: int, budget: int, workdir: Path, corpus: str
+) -> dict:
+    sets = {**BENCH_SETS, "data.corpus": corpus}
+    spec = load_study_spec("lr_sweep", sets=sets)
+    storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{seed}.db")
+    study = optuna.create_study(storage=storage, direction="minimize")
+    study.sampler = make_sampler(spec, name=sampler, seed=seed, n_workers=1, worker=0, n_existing=0)
+    study.pruner = make_pruner(spec, name=pruner, cfg=spec.train_config(sets))
+    objective = Objective(spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{seed}")
+    spent = [0]
+
+    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        spent[0] += trial.user_attrs.get("steps", 0)
+        if spent[0] >= budget:
+            study.stop()
+
+    start = time.perf_counter()
+    study.optimize(
+        objective, catch=(TrainerError,), callbacks=[stop_at_budget], gc_after_trial=False
+    )
+    wall = time.perf_counter() - start
+    curve, best, steps = [], float("inf"), 0
+    for t in study.get_trials(deepcopy=False):
+        steps += t.user_attrs.get("steps", 0)
+        if t.state == TrialState.COMPLETE:
+            best = min(best, t.value)
+        curve.append((steps, best))
+    train_time = sum(t.user_attrs.get("wall_time_s", 0.0) for t in study.get_trials(deepcopy=False))
+    return {
+        "curve": curve,
+        "best": best,
+        "wall_s": wall,
+        "train_s": train_time,
+        "trials": len(curve),
+    }
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
+    for steps, best in curve:
+        if best <= target:
+            return steps
+    return float("inf")
+
+
+def startup_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import hpo.run"], check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--budget-trials", type=int, default=30, help="budget = this many full trials"
+    )
+    parser.add_argument("--corpus", default="stdlib")
+    args = parser.parse_args()
+    budget = args.budget_trials * BENCH_SETS["train.max_steps"]
+    results: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            for name, (sampler, pruner) in STRATEGIES.items():
+                r = run_strategy(sampler, pruner, seed, budget, Path(tmp), args.corpus)
+                results[name].append(r)
+                print(
+                    f"seed {seed} {name:>17}: best {r['best']:.4f} "
+                    f"after {r['trials']} trials, {r['wall_s']:.0f}s",
+                    file=sys.stderr,
+                )
+    startup = startup_seconds()
+    rows = {}
+    for name, runs in results.items():
+        fractions = [
+            steps_to_reach(run["curve"], baseline["best"]) / budget
+            for run, baseline in zip(runs, results["random"], strict=True)
+        ]
+        overhead = [(r["wall_s"] - r["train_s"] + startup) / (r["wall_s"] + startup) for r in runs]
+        rows[name] = {
+            "median_best": round(statistics.median(r["best"] for r in runs), 4),
+            "best_per_seed": [round(r["best"], 4) for r in runs],
+            "median_trials": statistics.median(r["trials"] for r in runs),
+            "compute_to_match_random_final": round(statistics.median(fractions), 3),
+            "overhead_share": round(statistics.median(overhead), 4),
+        }
+    print(
+        json.dumps(
+            {
+                "budget_steps": budget,
+                "seeds": args.seeds,
+                "startup_s": round(startup, 2),
+                "strategies": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
