@@ -59,10 +59,15 @@ def run_strategy(
     sets = {**BENCH_SETS, "data.corpus": corpus}
     spec = load_study_spec("lr_sweep", sets=sets)
     storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{seed}.db")
-    study = optuna.create_study(storage=storage, direction="minimize")
+    # a fixed name: Hyperband assigns trials to brackets by hashing the study name
+    study = optuna.create_study(
+        study_name=f"{sampler}-{pruner}-{seed}", storage=storage, direction="minimize"
+    )
     study.sampler = make_sampler(spec, name=sampler, seed=seed, n_workers=1, worker=0, n_existing=0)
     study.pruner = make_pruner(spec, name=pruner, cfg=spec.train_config(sets))
-    objective = Objective(spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{seed}")
+    objective = Objective(
+        spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{sampler}-{pruner}-{seed}"
+    )
     spent = [0]
 
     def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -55,11 +55,13 @@ class Objective:
             if trial.should_prune():
                 raise StopTraining("pruned")
 
+        ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
+        shutil.rmtree(ckpt, ignore_errors=True)  # a leftover of an older study of the same name
         try:
             result = train(
                 cfg,
                 report=report,
-                checkpoint_dir=checkpoint_dir(self.checkpoint_root, trial.number),
+                checkpoint_dir=ckpt,
                 data=self._load_data(cfg),
             )
         except DivergedError as e:

@@ -8,9 +8,11 @@ instead of staying RUNNING forever.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -20,6 +22,14 @@ from hpo.errors import HPOError
 DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
 HEARTBEAT_INTERVAL_S = 20
 GRACE_PERIOD_S = 90  # a trial silent this long has lost its worker
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    """A generous lock timeout for parallel workers; synchronous=NORMAL, which in WAL mode
+    stays safe from corruption and cuts each commit's cost several-fold (BENCHMARKS.md)."""
+    db = sqlite3.connect(path, timeout=120, check_same_thread=False)
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
 
 
 def runs_dir() -> Path:
@@ -49,7 +59,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 db.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as e:
             raise HPOError(f"cannot open SQLite storage {url!r}: {e}") from None
-        engine_kwargs["connect_args"] = {"timeout": 120}
+        engine_kwargs["creator"] = functools.partial(_sqlite_connect, str(path))
     elif "://" not in url:
         raise HPOError(
             f"storage {url!r} is not a database URL; use e.g. sqlite:///runs/hpo.db "
@@ -57,19 +67,33 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         )
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-        )
-    except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HPOError(
-            f"cannot open storage {masked(url)}: {reason} "
-            "(check the URL, that the server is running, and its driver is installed)"
-        ) from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+            )
+        except Exception as e:
+            # two processes creating the schema of a new database at once: one loses the race
+            # on Optuna's version table; the schema is there by the next attempt
+            race = "UNIQUE constraint" in str(e) or "duplicate key" in str(e)
+            if race and attempt < 2:
+                time.sleep(0.5)
+                continue
+            error = e
+            break
+    raise _storage_error(url, error)
+
+
+def _storage_error(url: str, e: Exception) -> HPOError:
+    """sqlalchemy's errors for bad URLs, missing drivers, refused connections: one line."""
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return HPOError(
+        f"cannot open storage {masked(url)}: {reason} "
+        "(check the URL, that the server is running, and its driver is installed)"
+    )
 
 
 def last_study() -> dict | None:

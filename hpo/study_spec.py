@@ -64,7 +64,7 @@ class StudySpec(_Strict):
     trainer: dict[str, Any] = {}
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
-    baseline: dict[str, Any] = {}
+    baseline: dict[str, Any] | None = None  # None: no baseline, so hpo.validate refuses
     name: str = ""  # filled from the file name
     path: str = ""
 
@@ -73,7 +73,7 @@ class StudySpec(_Strict):
         return TrainConfig().with_overrides(self.trainer).with_overrides(sets or {})
 
     def baseline_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
-        return self.train_config().with_overrides(self.baseline).with_overrides(sets or {})
+        return self.train_config().with_overrides(self.baseline or {}).with_overrides(sets or {})
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude={"path"})

@@ -13,7 +13,14 @@ from trainers.errors import (
     TrainerError,
     UsageError,
 )
-from trainers.loop import StopTraining, TrainResult, evaluate_split, resolve_seeds, train
+from trainers.loop import (
+    StopTraining,
+    TrainResult,
+    evaluate_split,
+    resolve_seeds,
+    score_checkpoint,
+    train,
+)
 
 __all__ = [
     "ConfigError",
@@ -28,5 +35,6 @@ __all__ = [
     "evaluate_split",
     "parse_sets",
     "resolve_seeds",
+    "score_checkpoint",
     "train",
 ]

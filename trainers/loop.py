@@ -25,7 +25,7 @@ from trainers import checkpoint
 from trainers import device as devices
 from trainers.config import TrainConfig
 from trainers.data import EVAL_BATCH_SIZE, BatchSampler, Data, eval_windows, load_data
-from trainers.errors import ConfigError, DivergedError, OutOfMemoryError
+from trainers.errors import ConfigError, DivergedError, OutOfMemoryError, TrainerError
 from trainers.model import build_model, count_params
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,21 @@ def evaluate_split(
     amp = devices.autocast(dev, devices.resolve_dtype(cfg.train.dtype, dev))
     loss = _evaluate(model, tokens, starts, cfg.model.block_size, amp)
     return {f"{split}/loss": loss, f"{split}/bpb": loss / math.log(2) / data.bytes_per_token[split]}
+
+
+def score_checkpoint(
+    cfg: TrainConfig, path: str | Path, *, split: str = "test", data: Data | None = None
+) -> dict[str, float]:
+    """Load the weights saved at `path` (a best.pt) and measure them on a whole split."""
+    state = checkpoint.load(Path(path))
+    if state is None:
+        raise TrainerError(f"no usable checkpoint at {path}")
+    dev = devices.resolve_device(cfg.train.device)
+    if data is None:
+        data = load_data(cfg.data, block_size=cfg.model.block_size)
+    model = build_model(cfg.model, data.vocab_size)
+    model.load_state_dict(state["model"])
+    return evaluate_split(model.to(dev), data.to(dev), split, cfg)
 
 
 def _make_optimizer(

@@ -179,10 +179,13 @@ def test_watching_a_running_study_does_not_lock_the_workers(tmp_path, env):
 
     def watch():  # what an open browser tab does, but faster
         while not stop.is_set():
-            urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/studies/1?after=0", timeout=10
-            ).read()
-            polls[0] += 1
+            try:
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/studies/1?after=0", timeout=30
+                ).read()
+                polls[0] += 1
+            except OSError:  # a slow answer on a busy 2-core machine is not what this test is about
+                time.sleep(0.5)
 
     watcher = threading.Thread(target=watch)
     watcher.start()

@@ -1,0 +1,120 @@
+"""hpo.validate with the real trainer on tiny configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from hpo.validate import ATTR, configs_to_validate, report, validate
+
+
+@pytest.fixture
+def study(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("HPO_RUNS_DIR", str(tmp_path / "runs"))
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "smoke", "--trials", "3", "--pruner", "none", "--storage", storage, "--no-progress"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return optuna.load_study(study_name="smoke", storage=storage)
+
+
+def validate_cli(tmp_path, *args):
+    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.validate", "--storage", f"sqlite:///{tmp_path}/hpo.db", "--no-progress", *args],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+
+
+def test_learning_rate_1e3_beats_1e5_beyond_noise(study):
+    configs = configs_to_validate(study, trial=None, top_k=1)
+    label = next(k for k in configs if k != "baseline")
+    good = configs["baseline"].with_overrides({"optim.lr": 1e-3, "train.max_steps": 40})
+    bad = good.with_overrides({"optim.lr": 1e-5})
+    rep = report(
+        study, validate(study, {label: good, "baseline": bad}, seeds=4, workers=1, progress=False)
+    )
+    c = rep["comparisons"][label]
+    assert c["ci_high"] < 0 and c["cohens_d"] < -2
+    assert c["verdict"].startswith("better than the baseline")
+
+
+def test_identical_configs_are_not_distinguishable(study):
+    configs = configs_to_validate(study, trial=None, top_k=1)
+    label = next(k for k in configs if k != "baseline")
+    same = configs["baseline"].with_overrides({"train.max_steps": 20})
+    rep = report(
+        study, validate(study, {label: same, "baseline": same}, seeds=3, workers=1, progress=False)
+    )
+    c = rep["comparisons"][label]
+    assert c["ci_low"] <= 0 <= c["ci_high"] and c["mean_diff"] == 0
+
+
+def test_cli_reports_stores_each_seed_and_resumes_without_retraining(tmp_path, study):
+    first = validate_cli(tmp_path, "--study", "smoke", "--seeds", "2")
+    assert first.returncode == 0, first.stderr
+    assert "warning: 2 seeds give a wide, unreliable interval" in first.stderr
+    assert (
+        "vs baseline**: test loss difference" in first.stdout
+        and "Winner's optimism" in first.stdout
+    )
+    stored = {
+        k: v
+        for k, v in optuna.load_study(
+            study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db"
+        ).user_attrs.items()
+        if k.startswith(ATTR) and k != f"{ATTR}.report"
+    }
+    assert len(stored) == 4  # 2 configs x 2 seeds
+    again = validate_cli(tmp_path, "--study", "smoke", "--seeds", "3", "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    after = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db").user_attrs
+    assert all(after[k] == v for k, v in stored.items())  # finished seeds were not trained again
+    assert len([k for k in after if k.startswith(ATTR) and k != f"{ATTR}.report"]) == 6
+    rep = json.loads((tmp_path / "runs" / "smoke" / "validate" / "validation.json").read_text())
+    assert rep["seeds"] == 3 and set(rep["configs"]) == {
+        f"trial_{study.best_trial.number}",
+        "baseline",
+    }
+    assert (tmp_path / "runs" / "smoke" / "validate" / "validation.png").exists()
+    metas = optuna.artifacts.get_all_artifact_meta(
+        optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db")
+    )
+    assert {m.filename for m in metas} == {"validation.png", "validation.md"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--seeds", "1"],
+            "error: --seeds must be at least 2 to measure seed-to-seed noise, but got 1",
+        ),
+        (["--trial", "99"], "error: trial 99 of 'smoke' is not a completed trial"),
+        (["--study", "nope"], "error: no study 'nope' in sqlite:///"),
+    ],
+)
+def test_cli_refuses_clearly(tmp_path, study, args, message):
+    args = args if "--study" in args else ["--study", "smoke", *args]
+    out = validate_cli(tmp_path, *args)
+    assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1
+
+
+def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_dir):
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    empty = optuna.create_study(study_name="empty", storage=storage)
+    empty.set_user_attr(
+        "hpo.spec", {"description": "x", "search_space": {"optimizer": {}}, "baseline": {}}
+    )
+    out = validate_cli(tmp_path, "--study", "empty")
+    assert out.returncode == 2 and "has no completed trial to validate" in out.stderr
+    nobase = optuna.create_study(study_name="nobase", storage=storage)
+    nobase.set_user_attr("hpo.spec", {"description": "x", "search_space": {"optimizer": {}}})
+    out = validate_cli(tmp_path, "--study", "nobase")
+    assert out.returncode == 2 and "has no baseline to compare against" in out.stderr
