@@ -71,7 +71,7 @@ class Objective:
             _fail(trial, "out_of_memory", str(e))
             raise
         except KeyboardInterrupt:
-            _fail(trial, "interrupted", "stopped by the user (Ctrl-C)")
+            _fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
             raise
 
         trial.set_user_attr("stop_reason", result.stop_reason)

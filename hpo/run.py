@@ -105,8 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (docker stop, a preempted node) ends a run like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -249,6 +254,7 @@ def _work(w: WorkerArgs, progress: Progress | None = None) -> None:
 
 
 def _worker_main(w: WorkerArgs) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         _work(w)
     except KeyboardInterrupt:

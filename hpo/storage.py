@@ -78,7 +78,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         except Exception as e:
             # two processes creating the schema of a new database at once: one loses the race
             # on Optuna's version table; the schema is there by the next attempt
-            race = "UNIQUE constraint" in str(e) or "duplicate key" in str(e)
+            race = any(
+                m in str(e) for m in ("UNIQUE constraint", "duplicate key", "already exists")
+            )
             if race and attempt < 2:
                 time.sleep(0.5)
                 continue

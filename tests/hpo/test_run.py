@@ -168,8 +168,10 @@ def test_bad_yaml_file_is_refused(tmp_path):
     assert not (tmp_path / "hpo.db").exists()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers):
+@pytest.mark.parametrize(
+    ("workers", "sig"), [(1, signal.SIGINT), (2, signal.SIGINT), (1, signal.SIGTERM)]
+)
+def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers, sig):
     long_trials = [
         "--study",
         "smoke",
@@ -192,19 +194,31 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers):
         str(workers),
         *long_trials,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until training is under way
-        time.sleep(1)
-        if (tmp_path / "hpo.db").exists():
-            try:
-                if sum(t.state == TrialState.RUNNING for t in trials(tmp_path)) == workers:
-                    break
-            except Exception:  # the study (or its schema) is still being created
-                pass
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    # its own session, so that whatever happens here, the finally below can end all its workers
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until training is under way
+            time.sleep(1)
+            if (tmp_path / "hpo.db").exists():
+                try:
+                    if sum(t.state == TrialState.RUNNING for t in trials(tmp_path)) == workers:
+                        break
+                except Exception:  # the study (or its schema) is still being created
+                    pass
+        time.sleep(3)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]
     assert "rerun the same command to continue" in err
     ts = trials(tmp_path)
