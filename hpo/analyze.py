@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo import diagnostics, plots
-from hpo.artifacts import artifact_store
+from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
 from hpo.importance import EVALUATORS, importance_intervals
 from hpo.storage import load_existing_study, runs_dir
@@ -147,18 +147,11 @@ def attach(study: optuna.Study, out: Path, summary: str) -> int:
     the same file) and make the summary the study's note. Returns the number of files."""
     import optuna_dashboard
 
-    store = artifact_store()
-    existing = {m.filename: m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(study)}
     files = [*sorted(out.glob("*.png")), out / "summary.md"]
-    for path in files:
-        if path.name in existing:
-            with path.open("rb") as f:
-                store.write(existing[path.name], f)
-        else:
-            optuna.artifacts.upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=study
-            )
-    optuna_dashboard.save_note(study, summary)
+    upload(study, files)
+    validation = (optuna_dashboard.get_note(study) or "").partition(VALIDATION_HEADING)
+    kept = validation[1] + validation[2]  # hpo.validate's section of the note stays
+    optuna_dashboard.save_note(study, summary + ("\n" + kept if kept else ""))
     return len(files)
 
 

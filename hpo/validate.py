@@ -26,6 +26,7 @@ from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
 import search_spaces
+from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
 from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
 from hpo.storage import load_existing_study, runs_dir
@@ -197,7 +198,7 @@ def report(study: optuna.Study, per_config: dict[str, list[dict]]) -> dict:
 
 def markdown(rep: dict) -> str:
     lines = [
-        f"## Validation on the test split ({rep['seeds']} paired seeds)",
+        f"{VALIDATION_HEADING} ({rep['seeds']} paired seeds)",
         "",
         "| config | test loss (mean ± sd) | 95% CI | test bpb | val loss |",
         "| --- | --- | --- | --- | --- |",
@@ -253,21 +254,10 @@ def attach(study: optuna.Study, rep: dict, out: Path) -> None:
     """User attr, artifacts and a section of the study's note, for the dashboard."""
     import optuna_dashboard
 
-    from hpo.artifacts import artifact_store
-
     study.set_user_attr(f"{ATTR}.report", json.loads(json.dumps(rep, default=float)))
-    existing = {m.filename: m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(study)}
-    store = artifact_store()
-    for path in (out / "validation.png", out / "validation.md"):
-        if path.name in existing:
-            with path.open("rb") as f:
-                store.write(existing[path.name], f)
-        else:
-            optuna.artifacts.upload_artifact(
-                artifact_store=store, file_path=str(path), study_or_trial=study
-            )
+    upload(study, [out / "validation.png", out / "validation.md"])
     note = optuna_dashboard.get_note(study) or ""
-    note = note.split("## Validation on the test split")[0].rstrip()
+    note = note.split(VALIDATION_HEADING)[0].rstrip()
     optuna_dashboard.save_note(
         study, (note + "\n\n" if note else "") + (out / "validation.md").read_text()
     )

@@ -118,3 +118,20 @@ def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_di
     nobase.set_user_attr("hpo.spec", {"description": "x", "search_space": {"optimizer": {}}})
     out = validate_cli(tmp_path, "--study", "nobase")
     assert out.returncode == 2 and "has no baseline to compare against" in out.stderr
+
+
+def test_analysis_rewrites_its_note_but_keeps_the_validation_section(tmp_path, study):
+    import optuna_dashboard
+
+    from hpo.analyze import analyze
+    from hpo.analyze import attach as attach_analysis
+
+    assert validate_cli(tmp_path, "--study", "smoke", "--seeds", "2").returncode == 0
+    out = tmp_path / "report"
+    analyze(study, resamples=2, out=out)
+    attach_analysis(study, out, (out / "summary.md").read_text())
+    note = optuna_dashboard.get_note(study)
+    assert (
+        note.startswith("# Analysis of smoke")
+        and "## Validation on the test split (2 paired seeds)" in note
+    )
