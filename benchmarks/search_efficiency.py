@@ -54,10 +54,18 @@ STRATEGIES = {
 
 
 def run_strategy(
-    sampler: str, pruner: str, seed: int, budget: int, workdir: Path, corpus: str
+    sampler: str,
+    pruner: str,
+    seed: int,
+    budget: int,
+    workdir: Path,
+    corpus: str,
+    n_startup: int | None,
 ) -> dict:
     sets = {**BENCH_SETS, "data.corpus": corpus}
     spec = load_study_spec("lr_sweep", sets=sets)
+    if n_startup is not None:
+        spec.sampler.n_startup_trials = n_startup
     storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{seed}.db")
     # a fixed name: Hyperband assigns trials to brackets by hashing the study name
     study = optuna.create_study(
@@ -116,13 +124,18 @@ def main() -> None:
         "--budget-trials", type=int, default=30, help="budget = this many full trials"
     )
     parser.add_argument("--corpus", default="stdlib")
+    parser.add_argument(
+        "--n-startup", type=int, help="TPE random start-up trials (default: lr_sweep's)"
+    )
     args = parser.parse_args()
     budget = args.budget_trials * BENCH_SETS["train.max_steps"]
     results: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for name, (sampler, pruner) in STRATEGIES.items():
-                r = run_strategy(sampler, pruner, seed, budget, Path(tmp), args.corpus)
+                r = run_strategy(
+                    sampler, pruner, seed, budget, Path(tmp), args.corpus, args.n_startup
+                )
                 results[name].append(r)
                 print(
                     f"seed {seed} {name:>17}: best {r['best']:.4f} "
