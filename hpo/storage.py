@@ -9,6 +9,7 @@ instead of staying RUNNING forever.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import sqlite3
@@ -100,8 +101,6 @@ def _storage_error(url: str, e: Exception) -> HPOError:
 
 def last_study() -> dict | None:
     """What `hpo.run` ran last here ({study_name, storage, study}), or None."""
-    import json
-
     try:
         return json.loads((runs_dir() / "last_study.json").read_text())
     except (OSError, ValueError):

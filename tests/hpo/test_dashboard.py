@@ -50,6 +50,11 @@ def hpo(module, *args, env, check=True):
     return out
 
 
+def run_smoke(storage, env, *args):
+    """The smoke study into `storage`, through the real CLI."""
+    return hpo("hpo.run", "--study", "smoke", "--storage", storage, "--no-progress", *args, env=env)
+
+
 def serve(cmd, env, port):
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
@@ -66,19 +71,7 @@ def test_dashboard_in_a_browser_shows_the_study_its_analysis_and_plots(tmp_path,
     from playwright.sync_api import sync_playwright
 
     storage = f"sqlite:///{tmp_path}/hpo.db"
-    hpo(
-        "hpo.run",
-        "--study",
-        "smoke",
-        "--trials",
-        "8",
-        "--pruner",
-        "none",
-        "--storage",
-        storage,
-        "--no-progress",
-        env=env,
-    )
+    run_smoke(storage, env, "--trials", "8", "--pruner", "none")
     hpo("hpo.analyze", "--study", "smoke", "--storage", storage, "--resamples", "3", env=env)
     study = optuna.load_study(study_name="smoke", storage=storage)
     best = study.best_trial
@@ -122,17 +115,7 @@ def test_dashboard_in_a_browser_shows_the_study_its_analysis_and_plots(tmp_path,
 
 def test_plain_optuna_dashboard_reads_our_storage(tmp_path, env):
     storage = f"sqlite:///{tmp_path}/hpo.db"
-    hpo(
-        "hpo.run",
-        "--study",
-        "smoke",
-        "--trials",
-        "3",
-        "--storage",
-        storage,
-        "--no-progress",
-        env=env,
-    )
+    run_smoke(storage, env, "--trials", "3")
     port = free_port()
     cli = Path(sys.executable).parent / "optuna-dashboard"
     server = serve(
@@ -158,17 +141,7 @@ def test_plain_optuna_dashboard_reads_our_storage(tmp_path, env):
 
 def test_watching_a_running_study_does_not_lock_the_workers(tmp_path, env):
     storage = f"sqlite:///{tmp_path}/hpo.db"
-    hpo(
-        "hpo.run",
-        "--study",
-        "smoke",
-        "--trials",
-        "1",
-        "--storage",
-        storage,
-        "--no-progress",
-        env=env,
-    )  # the study exists
+    run_smoke(storage, env, "--trials", "1")  # the study exists
     port = free_port()
     server = serve(
         [sys.executable, "-m", "hpo.dashboard", "--storage", storage, "--port", str(port)],
@@ -190,8 +163,9 @@ def test_watching_a_running_study_does_not_lock_the_workers(tmp_path, env):
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        out = hpo("hpo.run", "--study", "smoke", "--trials", "12", "--workers", "4", "--storage", storage, "--no-progress",
-                  "--set", "train.max_steps=30", env=env)  # fmt: skip
+        out = run_smoke(
+            storage, env, "--trials", "12", "--workers", "4", "--set", "train.max_steps=30"
+        )
     finally:
         stop.set()
         watcher.join()
