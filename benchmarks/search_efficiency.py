@@ -10,12 +10,18 @@ Every run goes through hpo's real objective, trainer and SQLite storage. Reporte
 median over study seeds: the final best value, and the compute at which each strategy first
 matched the unpruned random search's final best (as a fraction of the budget). Also the share of
 wall time spent outside training: sampler, pruner, storage, process start-up.
+
+    python benchmarks/search_efficiency.py --overhead-trials 12
+
+times the real command on the real default study instead (the share of its wall time that is
+not training).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -94,13 +100,45 @@ def run_strategy(
         if t.state == TrialState.COMPLETE:
             best = min(best, t.value)
         curve.append((steps, best))
-    train_time = sum(t.user_attrs.get("wall_time_s", 0.0) for t in study.get_trials(deepcopy=False))
+    train_time = sum(training_seconds(t) for t in study.get_trials(deepcopy=False))
     return {
         "curve": curve,
         "best": best,
         "wall_s": wall,
         "train_s": train_time,
         "trials": len(curve),
+    }
+
+
+def training_seconds(trial: optuna.trial.FrozenTrial) -> float:
+    """Time inside train() less what it spent reporting to the pruner (storage, pruning)."""
+    return trial.user_attrs.get("wall_time_s", 0.0) - trial.user_attrs.get("tuner_time_s", 0.0)
+
+
+def default_study_overhead(n_trials: int) -> dict:
+    """The real command on the real default study: `python -m hpo.run --study lr_sweep`.
+
+    Wall time of the whole process (start-up, storage, sampler, pruner, checkpoint clean-up)
+    against the time spent training, over its first `n_trials` trials.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/hpo.db"
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "hpo.run", "--study", "lr_sweep", "--trials", str(n_trials),
+             "--storage", url, "--no-progress"],
+            check=True, env={**os.environ, "HPO_RUNS_DIR": f"{tmp}/runs"},
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        trials = optuna.load_study(study_name="lr_sweep", storage=url).get_trials()
+    train = sum(training_seconds(t) for t in trials)
+    return {
+        "trials": len(trials),
+        "wall_s": round(wall, 1),
+        "training_s": round(train, 1),
+        "tuner_in_training_s": round(sum(t.user_attrs.get("tuner_time_s", 0) for t in trials), 2),
+        "overhead_share": round((wall - train) / wall, 4),
+        "per_trial_ms": round(1000 * (wall - train) / len(trials), 1),
     }
 
 
@@ -127,7 +165,15 @@ def main() -> None:
     parser.add_argument(
         "--n-startup", type=int, help="TPE random start-up trials (default: lr_sweep's)"
     )
+    parser.add_argument(
+        "--overhead-trials",
+        type=int,
+        help="instead: time this many trials of the real default study (hpo.run --study lr_sweep)",
+    )
     args = parser.parse_args()
+    if args.overhead_trials:
+        print(json.dumps(default_study_overhead(args.overhead_trials), indent=2))
+        return
     budget = args.budget_trials * BENCH_SETS["train.max_steps"]
     results: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ and a manifest; a failed trial also says why (diverged, out_of_memory, interrupt
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,14 @@ class Objective:
             if key not in trial.params:
                 trial.set_user_attr(key, value)
         metric = self.spec.objective.metric
+        tuner_s = [0.0]  # time inside train() spent on the pruner and storage, not on training
 
         def report(step: int, metrics: dict[str, float]) -> None:
+            start = time.perf_counter()
             trial.report(metrics[metric], step)
-            if trial.should_prune():
+            prune = trial.should_prune()
+            tuner_s[0] += time.perf_counter() - start
+            if prune:
                 raise StopTraining("pruned")
 
         ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
@@ -81,6 +86,7 @@ class Objective:
         trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
         trial.set_user_attr("params", result.n_params)
         trial.set_user_attr("wall_time_s", round(result.wall_time_s, 3))
+        trial.set_user_attr("tuner_time_s", round(tuner_s[0], 3))
         trial.set_user_attr("metrics", result.metrics)
         trial.set_user_attr("manifest", trial_manifest(cfg, result))
         if result.stop_reason == "pruned":
