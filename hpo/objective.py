@@ -3,12 +3,16 @@
 The trial's value is the best value of the study's metric over the run's evaluations; every
 evaluation is reported to the pruner. What the trial leaves in storage: its parameters, the
 derived values the trainer actually used (batch size, betas), speed, size, steps, stop reason
-and a manifest; a failed trial also says why (diverged, out_of_memory, interrupted, surplus).
+and a manifest; a failed trial also says why (diverged, out_of_memory, interrupted, surplus,
+crashed). The retry of a crashed trial resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +21,13 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
-from hpo.manifest import trial_manifest
+from hpo.manifest import trial_manifest, write_manifest
 from hpo.study_spec import StudySpec
+from hpo.tracking import Tracker
 from trainers import DivergedError, OutOfMemoryError, StopTraining, TrainerError, train
 from trainers.data import Data, load_data
+
+log = logging.getLogger(__name__)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 IN_PLAY = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # done or on their way
@@ -32,36 +39,52 @@ class SurplusTrialError(TrainerError):
 
 class Objective:
     def __init__(
-        self, spec: StudySpec, *, sets: dict[str, Any], target: int, checkpoint_root: Path
+        self,
+        spec: StudySpec,
+        *,
+        sets: dict[str, Any],
+        target: int,
+        checkpoint_root: Path,
+        tracker: Tracker | None = None,
     ) -> None:
         self.spec = spec
         self.sets = sets
         self.target = target
         self.checkpoint_root = checkpoint_root
+        self.tracker = tracker or Tracker()  # W&B / MLflow run per trial; the default: none
         self._data: dict[str, Data] = {}  # tokenized splits, reused by every trial of this worker
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with self.tracker.trial(trial):  # its run ends as the trial does: complete/pruned/failed
+            return self._trial(trial)
+
+    def _trial(self, trial: optuna.Trial) -> float:
         if _in_play_before(trial) >= self.target:
             _fail(trial, "surplus", "surplus: the target was reached by other workers")
             raise SurplusTrialError("target already reached")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it
         overrides = search_spaces.suggest(trial, self.spec.search_space)
         cfg = self.spec.train_config().with_overrides(overrides).with_overrides(self.sets)
         for key, value in overrides.items():  # derived values: what the trainer really got
             if key not in trial.params:
                 trial.set_user_attr(key, value)
         metric = self.spec.objective.metric
+        self.tracker.start_trial(trial, cfg, metric=metric, direction=self.spec.objective.direction)
         tuner_s = [0.0]  # time inside train() spent on the pruner and storage, not on training
 
         def report(step: int, metrics: dict[str, float]) -> None:
+            self.tracker.log(step, metrics)  # never raises: a failing tracker turns itself off
             start = time.perf_counter()
-            trial.report(metrics[metric], step)
+            if step not in already_reported:
+                trial.report(metrics[metric], step)
             prune = trial.should_prune()
             tuner_s[0] += time.perf_counter() - start
             if prune:
                 raise StopTraining("pruned")
 
-        ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
-        shutil.rmtree(ckpt, ignore_errors=True)  # a leftover of an older study of the same name
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        ckpt = self._checkpoint_for(trial, frozen)
+        already_reported = set(frozen.intermediate_values)  # a retry inherits its origin's
         try:
             result = train(
                 cfg,
@@ -79,6 +102,8 @@ class Objective:
             _fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
             raise
 
+        if result.resumed_from:
+            trial.set_user_attr("resumed_from_step", result.resumed_from)
         trial.set_user_attr("stop_reason", result.stop_reason)
         trial.set_user_attr("steps", result.steps)
         trial.set_user_attr("max_steps", cfg.train.max_steps)
@@ -88,11 +113,34 @@ class Objective:
         trial.set_user_attr("wall_time_s", round(result.wall_time_s, 3))
         trial.set_user_attr("tuner_time_s", round(tuner_s[0], 3))
         trial.set_user_attr("metrics", result.metrics)
-        trial.set_user_attr("manifest", trial_manifest(cfg, result))
+        manifest = trial_manifest(cfg, result)
+        trial.set_user_attr("manifest", manifest)
+        self.tracker.log_manifest(manifest)
+        write_manifest(ckpt, manifest)  # beside the checkpoints: the trial's folder says it all
         if result.stop_reason == "pruned":
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
         values = [row[metric] for row in result.history]
         return min(values) if self.spec.objective.direction == "minimize" else max(values)
+
+    def _checkpoint_for(self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> Path:
+        """An empty folder, or, for the retry of a trial whose worker died, that trial's folder
+        (moved, so its last checkpoint is where training resumes)."""
+        ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
+        shutil.rmtree(ckpt, ignore_errors=True)  # a leftover of an older study of the same name
+        history = frozen.system_attrs.get("retry_history", [])  # set by storage.RetryCrashedTrial
+        if history:
+            origin = checkpoint_dir(self.checkpoint_root, history[-1])
+            trial.set_user_attr("retry_of", history[-1])
+            if origin.is_dir():
+                os.replace(origin, ckpt)  # a rename within one folder: atomic
+            else:
+                log.warning(
+                    "trial %d retries trial %d, whose checkpoint %s is gone: starting at step 0",
+                    trial.number,
+                    history[-1],
+                    origin,
+                )
+        return ckpt
 
     def _load_data(self, cfg) -> Data:
         key = repr((cfg.data, cfg.model.block_size))
@@ -106,10 +154,16 @@ def checkpoint_dir(root: Path, number: int) -> Path:
 
 
 def clean_checkpoints(study: optuna.Study, root: Path) -> None:
-    """Keep the best trial's checkpoint (for hpo.validate) and those of running trials."""
+    """Keep the best trial's checkpoint (for hpo.validate), those of running trials, and those
+    of crashed trials whose retry has not started yet (it resumes from them)."""
     if not root.is_dir():
         return
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    pending_retry = {
+        t.system_attrs["retry_history"][-1]
+        for t in trials.values()
+        if t.state == TrialState.WAITING and t.system_attrs.get("retry_history")
+    }
     try:
         best = study.best_trial.number
     except ValueError:  # no completed trial yet
@@ -117,7 +171,8 @@ def clean_checkpoints(study: optuna.Study, root: Path) -> None:
     for path in root.glob("trial_*"):
         number = int(path.name.removeprefix("trial_"))
         trial = trials.get(number)
-        if number != best and trial is not None and trial.state.is_finished():
+        keep = number == best or number in pending_retry
+        if not keep and trial is not None and trial.state.is_finished():
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -2,12 +2,14 @@
 
 Default: sqlite:///runs/hpo.db, or $HPO_STORAGE. SQLite runs in WAL mode with a generous lock
 timeout, so several local workers and a dashboard share one file without "database is locked".
-Every trial sends a heartbeat, so a trial whose worker died is failed (and its slot reused)
-instead of staying RUNNING forever.
+Every trial sends a heartbeat. A trial whose worker died (killed, crashed, preempted) goes
+silent; the next worker to look marks it failed with that reason and queues a retry of the same
+parameters, which resumes from the dead trial's last checkpoint (hpo.objective).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -21,8 +23,12 @@ import optuna
 from hpo.errors import HPOError
 
 DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
-HEARTBEAT_INTERVAL_S = 20
-GRACE_PERIOD_S = 90  # a trial silent this long has lost its worker
+# A trial silent for the grace period has lost its worker. Environment overrides are for tests
+# and for clusters whose workers are preempted often (a shorter grace retries sooner).
+HEARTBEAT_INTERVAL_S = int(os.environ.get("HPO_HEARTBEAT_S", 20))
+GRACE_PERIOD_S = int(os.environ.get("HPO_GRACE_S", 90))
+MAX_RETRIES = 3  # a trial that kills its worker every time is not retried forever
+OUTCOME_ATTRS = ("stop_reason", "fail_reason")  # what a retry must not inherit from its origin
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
@@ -31,6 +37,38 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=120, check_same_thread=False)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+class RetryCrashedTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial (same parameters, its intermediate values inherited),
+    minus the dead trial's outcome attributes, which describe the crash, not the retry."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        super().__call__(study, trial)
+
+
+def fail_crashed_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped sending heartbeats, saying so on each, and retry them.
+
+    Optuna's own check (at the start of every trial) fails them too, but cannot record why:
+    a finished trial's attributes are frozen, so the reason is written while it still runs.
+    """
+    storage = study._storage
+    if not hasattr(storage, "_get_stale_trial_ids"):  # a storage without heartbeats
+        return
+    reason = (
+        f"crashed: its worker sent no heartbeat for over {GRACE_PERIOD_S}s "
+        "(killed, out of host memory, or its machine went away)"
+    )
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, "stop_reason", "crashed")
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
+    optuna.storages.fail_stale_trials(study)
 
 
 def runs_dir() -> Path:
@@ -67,14 +105,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             "or postgresql://user@host:5432/db"
         )
     else:
-        engine_kwargs["pool_pre_ping"] = True
+        engine_kwargs["pool_pre_ping"] = True  # a database restarted under a long study
+    engine_url = url
+    if url.startswith(("postgresql://", "postgres://")):
+        # psycopg 3, whatever SQLAlchemy's default PostgreSQL driver (psycopg2 before 2.1)
+        engine_url = "postgresql+psycopg://" + url.split("://", 1)[1]
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
-                url,
+                engine_url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
                 grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryCrashedTrial(
+                    max_retry=MAX_RETRIES, inherit_intermediate_values=True
+                ),
             )
         except Exception as e:
             # two processes creating the schema of a new database at once: one loses the race
