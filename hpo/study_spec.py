@@ -31,7 +31,9 @@ from trainers import TrainConfig, UsageError
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("hyperband", "sha", "median", "none")
+SCHEDULERS = ("asha", "hyperband", "median", "fifo", "pbt", "pb2")  # --backend ray
 METRICS = ("val/loss", "val/bpb")
+TRACKERS = ("none", "wandb", "mlflow")  # --tracking, the `tracking:` key
 
 
 class _Strict(BaseModel):
@@ -56,6 +58,43 @@ class PrunerSpec(_Strict):
     n_startup_trials: int = Field(5, ge=0)  # median only
 
 
+class TrackingSpec(_Strict):
+    """`tracking: wandb`, or a mapping; --tracking and --tracking-uri override it."""
+
+    backend: Literal[TRACKERS] = "none"  # type: ignore[valid-type]
+    uri: str | None = None  # MLflow tracking URI; W&B: folder for run files
+    project: str | None = None  # W&B project / MLflow experiment (default: hpo)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"backend": value} if isinstance(value, str) else value
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0)  # per trial
+    gpu: float = Field(0.0, ge=0)  # per trial; a fraction packs several trials on one GPU
+
+
+class PBTSpec(_Strict):
+    """Population-based training: the population is the study's `trials`."""
+
+    perturbation_interval: int | None = Field(None, ge=1)  # steps; None: 2 evaluation intervals
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # bottom part copies the top part
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    perturbation_factors: tuple[float, float] = (0.8, 1.2)  # multiplicative: a log-scale step
+    mutations: list[str] = ["optim.lr", "optim.weight_decay", "model.dropout"]  # if in the space
+
+
+class RaySpec(_Strict):
+    """Settings that only `--backend ray` reads (hpo/ray_backend.py)."""
+
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]  # None: the pruner's
+    resources: ResourcesSpec = ResourcesSpec()
+    max_failures: int = Field(2, ge=0)  # retries of a crashed trial, from its checkpoint
+    pbt: PBTSpec = PBTSpec()
+
+
 class StudySpec(_Strict):
     description: str
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -65,6 +104,8 @@ class StudySpec(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     baseline: dict[str, Any] | None = None  # None: no baseline, so hpo.validate refuses
+    tracking: TrackingSpec = TrackingSpec()  # where each trial is also logged (W&B, MLflow)
+    ray: RaySpec = RaySpec()  # --backend ray: scheduler, resources per trial, PBT
     name: str = ""  # filled from the file name
     path: str = ""
 

@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
 from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
 from hpo.storage import load_existing_study, runs_dir
-from hpo.study_spec import StudySpec
+from hpo.study_spec import TRACKERS, StudySpec
+from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracker_for
 from trainers import TrainConfig, TrainerError, score_checkpoint, train
 
 SEED_BASE = 1000  # validation seeds are 1000, 1001, ...: never the tuning seed
@@ -45,6 +46,7 @@ class Job:
     seed: int
     key: str  # study user attr that holds the result
     workdir: str
+    tracking: Tracking = field(default_factory=Tracking)  # W&B / MLflow run per (config, seed)
 
 
 def configs_to_validate(
@@ -95,8 +97,13 @@ def run_job(job: Job) -> tuple[str, dict[str, Any]]:
     """Train one (config, seed) to the end and score its best checkpoint on the test split."""
     cfg = TrainConfig.from_dict(job.config)
     workdir = Path(job.workdir)
-    result = train(cfg, checkpoint_dir=workdir)  # resumes a seed killed mid-training
-    scores = score_checkpoint(cfg, workdir / "best.pt", split="test")
+    tracker = tracker_for(job.tracking)
+    meta = {"study": job.tracking.study, "label": job.label, "seed": job.seed}
+    with tracker.run(f"{job.label}_seed{job.seed}", config=job.config, kind="validate", meta=meta):
+        # resumes a seed killed mid-training
+        result = train(cfg, checkpoint_dir=workdir, report=tracker.log)
+        scores = score_checkpoint(cfg, workdir / "best.pt", split="test")
+        tracker.summarize({**scores, "best/val/loss": result.best_val_loss})
     shutil.rmtree(workdir, ignore_errors=True)
     return job.key, {
         "seed": job.seed,
@@ -119,6 +126,7 @@ def validate(
     seeds: int,
     workers: int,
     progress: bool = True,
+    tracking: Tracking | None = None,
 ) -> dict:
     jobs, results = [], {}
     root = runs_dir() / study.study_name / "validate"
@@ -133,8 +141,9 @@ def validate(
             if key in study.user_attrs:
                 results[key] = study.user_attrs[key]
             else:
+                workdir = str(root / "work" / f"{label}_{digest}")
                 jobs.append(
-                    Job(label, c.to_dict(), seed, key, str(root / "work" / f"{label}_{digest}"))
+                    Job(label, c.to_dict(), seed, key, workdir, tracking=tracking or Tracking())
                 )
     bar = tqdm(
         total=len(jobs) + len(results),
@@ -277,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--top-k", type=int, default=1, help="validate the K best trials")
     p.add_argument("--workers", type=int, default=1, help="seeds trained side by side")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--tracking",
+        choices=TRACKERS,
+        help="also log each (config, seed) run to W&B or MLflow (default: the study's, none)",
+    )
+    p.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow tracking URI, or W&B's folder for run files"
+    )  # fmt: skip
     args = p.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -288,9 +305,18 @@ def main(argv: list[str] | None = None) -> int:
             raise HPOError("--workers and --top-k must be at least 1")
         study = load_existing_study(args.study, args.storage)
         configs = configs_to_validate(study, trial=args.trial, top_k=args.top_k)
+        spec_tracking = study.user_attrs["hpo.spec"].get("tracking") or {}
+        tracking = resolve_tracking(
+            args.tracking or spec_tracking.get("backend"),
+            uri=args.tracking_uri or spec_tracking.get("uri"),
+            project=spec_tracking.get("project"),
+            study=study.study_name,
+        )
     except HPOError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    tracker = make_tracker(tracking)  # a failure warns once; validation goes on untracked
+    tracking = tracker.open_study(study, study.user_attrs.get("hpo.manifest", {})) or Tracking()
     if args.seeds < MIN_SEEDS_ADVISED:
         print(
             f"warning: {args.seeds} seeds give a wide, unreliable interval (the BCa bootstrap "
@@ -300,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         per_config = validate(
-            study, configs, seeds=args.seeds, workers=args.workers, progress=not args.no_progress
+            study,
+            configs,
+            seeds=args.seeds,
+            workers=args.workers,
+            progress=not args.no_progress,
+            tracking=tracking,
         )
     except TrainerError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -321,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     attach(study, rep, out)
     print(text)
     print(f"report in {out}; attached to study {study.study_name!r}", file=sys.stderr)
+    where = tracker.close_study(study)
+    if where:
+        print(where, file=sys.stderr)
     return 0
 
 

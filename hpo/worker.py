@@ -20,11 +20,13 @@ import time
 import zlib
 from pathlib import Path
 
+import optuna
 import yaml
 
 from hpo import run
 from hpo.errors import HPOError
 from hpo.storage import load_existing_study, storage_url
+from hpo.tracking import tracking_from_study
 
 WAIT_POLL_S = 2.0
 
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_args(study_name: str, url: str, attrs: dict, spec_file: Path) -> list[str]:
+def run_args(study: optuna.Study, url: str, spec_file: Path) -> list[str]:
     """The `hpo.run` command line that continues the study exactly as it was started."""
+    attrs, study_name = study.user_attrs, study.study_name
     search = attrs.get("hpo.search", {})
     argv = [
         "--study", str(spec_file), "--study-name", study_name, "--storage", url,
@@ -61,6 +64,10 @@ def run_args(study_name: str, url: str, attrs: dict, spec_file: Path) -> list[st
             argv += [f"--{flag}", str(search[flag])]
     for key, value in attrs.get("hpo.sets", {}).items():
         argv += ["--set", f"{key}={value}"]
+    tracking = tracking_from_study(study)  # the tracker the study was started with
+    if tracking.backend != "none":
+        argv += ["--tracking", tracking.backend]
+        argv += ["--tracking-uri", tracking.uri] if tracking.uri else []
     return argv
 
 
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--workers", str(args.workers)]
         extra += ["--timeout", str(args.timeout)] if args.timeout else []
         extra += ["--no-progress"] if args.no_progress else []
-        return run.main([*run_args(args.study, url, attrs, spec_file), *extra])
+        return run.main([*run_args(study, url, spec_file), *extra])
 
 
 if __name__ == "__main__":

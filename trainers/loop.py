@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[int, dict[str, float]], None]
 
+# Settings a resumed run may change and still continue from its checkpoint, when the caller
+# allows it (population-based training perturbs them after copying a better run's state): the
+# new values apply from the resumed step on, to the restored weights and optimizer moments.
+CHANGEABLE_ON_RESUME = frozenset(
+    {"optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
+     "optim.momentum", "optim.grad_clip", "model.dropout", "train.label_smoothing",
+     "train.patience"}
+)  # fmt: skip
+
 
 class StopTraining(Exception):
     """Raised by a report callback to end training early; `reason` becomes the stop reason."""
@@ -80,19 +89,22 @@ def train(
     report: Report | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    allow_changes: bool = False,
     progress: bool = False,
     data: Data | None = None,
 ) -> TrainResult:
     """Train the model `cfg` describes and return what happened.
 
     checkpoint_dir: where `last.pt` (every evaluation) and `best.pt` go; with resume=True a run
-    finding a usable `last.pt` there continues from it. data: preloaded splits (else loaded).
+    finding a usable `last.pt` there continues from it; allow_changes: it continues even when the
+    checkpoint's config differs in CHANGEABLE_ON_RESUME keys (else it starts fresh). data:
+    preloaded splits (else loaded).
     Raises DivergedError, OutOfMemoryError, or a UsageError subclass for bad input.
     """
     cfg.validate()
     dev = devices.resolve_device(cfg.train.device)
     try:
-        return _train(cfg, dev, report, checkpoint_dir, resume, progress, data)
+        return _train(cfg, dev, report, checkpoint_dir, resume, progress, data, allow_changes)
     except Exception as e:
         if devices.is_out_of_memory(e):
             devices.release_memory(dev)
@@ -100,7 +112,7 @@ def train(
         raise
 
 
-def _train(cfg, dev, report, checkpoint_dir, resume, progress, data) -> TrainResult:
+def _train(cfg, dev, report, checkpoint_dir, resume, progress, data, allow_changes) -> TrainResult:
     t_start = time.perf_counter()
     m, o, t = cfg.model, cfg.optim, cfg.train
     devices.configure(dev, deterministic=t.deterministic)
@@ -130,7 +142,8 @@ def _train(cfg, dev, report, checkpoint_dir, resume, progress, data) -> TrainRes
     step, best_loss, best_step, evals_since_best, history = 0, math.inf, 0, 0, []
     if ckpt_dir is not None and resume:
         state = checkpoint.load(ckpt_dir / checkpoint.LAST)
-        if state is not None and state["config"] != cfg.to_dict():
+        changed = _changed_keys(state["config"], cfg) if state is not None else set()
+        if changed and not (allow_changes and changed <= CHANGEABLE_ON_RESUME):
             log.warning("checkpoint in %s is for another config; starting fresh", ckpt_dir)
             state = None
         if state is not None:
@@ -141,6 +154,8 @@ def _train(cfg, dev, report, checkpoint_dir, resume, progress, data) -> TrainRes
             checkpoint.restore_rng(state["rng"], sampler.generator)
             step, best_loss, best_step = state["step"], state["best_loss"], state["best_step"]
             evals_since_best, history = state["evals_since_best"], state["history"]
+            if changed:  # load_state_dict brought back the checkpoint's lr and decay
+                _apply_optim_settings(optimizer, scheduler, cfg)
     resumed_from = last_eval_step = step
 
     # Loss bookkeeping lives on the device; the host reads it only every `sync_every` steps.
@@ -314,6 +329,28 @@ def _make_optimizer(
     if o.nesterov and o.momentum == 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0, but got momentum=0")
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+def _changed_keys(saved: dict[str, dict[str, Any]], cfg: TrainConfig) -> set[str]:
+    """Dotted keys whose value in a checkpoint's config differs from `cfg`."""
+    old = {f"{g}.{k}": v for g, values in saved.items() for k, v in values.items()}
+    now = cfg.flat()
+    return {k for k in old.keys() | now.keys() if old.get(k) != now.get(k)}
+
+
+def _apply_optim_settings(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig) -> None:
+    """Put cfg's optimizer settings into restored param groups (matrices first, see
+    _make_optimizer), at the restored point of the schedule."""
+    o = cfg.optim
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, decay in zip(optimizer.param_groups, (o.weight_decay, 0.0), strict=True):
+        group["initial_lr"], group["lr"], group["weight_decay"] = o.lr, o.lr * factor, decay
+        if "betas" in group:
+            group["betas"], group["eps"] = (o.beta1, o.beta2), o.eps
+        if "momentum" in group:
+            group["momentum"] = o.momentum
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:

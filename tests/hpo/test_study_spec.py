@@ -88,7 +88,7 @@ def test_bad_specs_are_refused_with_one_clear_line(tmp_path, text, message):
 def test_unknown_study_lists_the_shipped_ones():
     with pytest.raises(
         HPOError,
-        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, full_sweep, lr_sweep, smoke",
+        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, full_sweep, lr_sweep, pbt, smoke",
     ):
         load_study_spec("lr_sweeep")
 

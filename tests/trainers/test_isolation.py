@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trainers
 
-FORBIDDEN = {"optuna", "ray", "wandb", "hpo", "search_spaces"}
+FORBIDDEN = {"optuna", "ray", "wandb", "mlflow", "hpo", "search_spaces"}
 
 
 def test_no_trainer_module_imports_a_tuner():
