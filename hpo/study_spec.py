@@ -83,6 +83,7 @@ class PBTSpec(_Strict):
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # bottom part copies the top part
     resample_probability: float = Field(0.25, ge=0, le=1)
     perturbation_factors: tuple[float, float] = (0.8, 1.2)  # multiplicative: a log-scale step
+    synch: bool = False  # True: members wait for each other at every perturbation
     mutations: list[str] = ["optim.lr", "optim.weight_decay", "model.dropout"]  # if in the space
 
 

@@ -56,10 +56,11 @@ def test_unchanged_config_resumes_exactly_as_before(paused, tmp_path):
     plain = train(cfg, checkpoint_dir=copy(ckpt, tmp_path, "b"))
     allowed = train(cfg, checkpoint_dir=copy(ckpt, tmp_path, "c"), allow_changes=True)
     assert plain.resumed_from == allowed.resumed_from == 40
-    assert plain.history == [
-        {**row, "system/tokens_per_s": plain.history[i]["system/tokens_per_s"]}
-        for i, row in enumerate(allowed.history)
-    ]
+
+    def losses(history):  # speed and memory vary from run to run; the numbers must not
+        return [{k: v for k, v in row.items() if not k.startswith("system/")} for row in history]
+
+    assert losses(plain.history) == losses(allowed.history)
 
 
 @pytest.mark.parametrize(
