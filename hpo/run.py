@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="relative difference allowed by --replay (default: 0 on CPU, 1e-2 on a GPU)",
     )
-    ray = p.add_argument_group("Ray Tune backend (hpo/ray_backend.py)")
+    ray = p.add_argument_group("Ray Tune backend (hpo/raytune/)")
     ray.add_argument(
         "--backend",
         choices=("optuna", "ray"),
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         return replay_main(args)
     if args.backend == "ray":
-        from hpo.ray_backend import ray_main  # imports Ray only when asked for
+        from hpo.raytune import ray_main  # imports Ray only when asked for
 
         return ray_main(args)
     ray_only = [f"--{k.replace('_', '-')}" for k in RAY_ONLY if getattr(args, k) is not None]

@@ -88,7 +88,7 @@ class PBTSpec(_Strict):
 
 
 class RaySpec(_Strict):
-    """Settings that only `--backend ray` reads (hpo/ray_backend.py)."""
+    """Settings that only `--backend ray` reads (hpo/raytune/)."""
 
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]  # None: the pruner's
     resources: ResourcesSpec = ResourcesSpec()

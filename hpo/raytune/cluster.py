@@ -1,0 +1,97 @@
+"""Connect to Ray (a local one, or a cluster) and disconnect; fail fast where it cannot."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import ray
+
+from hpo.errors import HPOError
+from hpo.raytune.options import RayOptions
+
+PASS_ENV = ("HPO_CACHE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # to workers
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Timing:
+    """Ray's start-up cost, for the summary (and benchmarks/ray_vs_optuna.py)."""
+
+    init_start: float | None = None
+    init_end: float | None = None
+
+
+def connect(opts: RayOptions) -> None:
+    """Start a local Ray, or join a cluster. HPOError when the cluster cannot be reached."""
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # relative paths (corpus, cache) mean the same there
+    env.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
+    address = opts.address
+    if address and address != "auto":
+        if address.startswith("ray://"):
+            try:
+                import grpc  # noqa: F401  (Ray Client needs it)
+            except ImportError:
+                raise HPOError(
+                    f"--address {address} uses Ray Client, which needs "
+                    "`pip install 'ray[client]'`; or run hpo on the head node with --address auto"
+                ) from None
+        _check_reachable(address)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner: hpo prints its own
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # hpo stores the results
+    # checkpoints at every evaluation are the point here, not a bottleneck worth a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's default (token auth on a local cluster) stands; its notice about it goes
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+    # with the loggers off, the end-of-run analysis finds no result files: hpo has them
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    Timing.init_start = time.time()
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            logging_config=ray.LoggingConfig(log_level="WARNING"),  # workers: no line per report
+            runtime_env={"env_vars": env},
+        )
+    except ConnectionError as e:
+        raise HPOError(f"cannot connect to Ray at --address {address}: {e}") from None
+    Timing.init_end = time.time()
+    need = f"{opts.cpu:g} CPU" + (f" and {opts.gpu:g} GPU" if opts.gpu else "")
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= opts.cpu and n.get("GPU", 0) >= opts.gpu for n in nodes):
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
+        raise HPOError(f"no node of the Ray cluster has {need} for a trial (nodes: {have})")
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init retries an unreachable address for minutes; say so in seconds instead."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise HPOError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, but got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise HPOError(
+            f"cannot reach the Ray cluster at {address}: {e.strerror or e} "
+            "(is `ray start --head` running there, and the port open?)"
+        ) from None
+
+
+def disconnect() -> None:
+    """Shut down the Ray this process started or joined (if any)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_slots(opts: RayOptions) -> float:
+    """How many trials of this size the whole cluster holds at once."""
+    total = ray.cluster_resources()
+    slots = total.get("CPU", 1) / opts.cpu
+    if opts.gpu:
+        slots = min(slots, total.get("GPU", 0) / opts.gpu)
+    return slots

@@ -1,0 +1,92 @@
+"""Where a Ray trial's config comes from: the study's sampler and define-by-run space.
+
+Ray's Optuna searcher asks the study for each trial; PBT's population is asked up front. A trial's
+config is {"hpo_number", "overrides"} (plus PBT's perturbed settings); trial_config turns it back
+into the TrainConfig the trainer gets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+import search_spaces
+from hpo.raytune.options import RayOptions
+from hpo.raytune.schedulers import mutation_bounds, perturbed, starting_values
+from hpo.study_spec import StudySpec
+from trainers import TrainConfig
+
+
+class SpaceFn:
+    """The study's define-by-run space, for Ray's OptunaSearch (picklable: Tune saves it)."""
+
+    def __init__(self, spaces: dict[str, dict[str, Any] | None]) -> None:
+        self.spaces = spaces
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {"overrides": search_spaces.suggest(trial, self.spaces)}
+
+
+class StudySearch(OptunaSearch):
+    """Ray's Optuna searcher on the study's own storage, sampler and space.
+
+    It asks; the Recorder reports and tells (with the trainer's step, the right state and the
+    user attrs), since the searcher would see neither the step nor why a trial ended.
+    """
+
+    def __init__(self, space: SpaceFn, *, experiment: str, **kwargs: Any) -> None:
+        super().__init__(space=space, **kwargs)
+        self.experiment = experiment
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials[trial_id]
+        _start_attrs(trial, config["overrides"], self.experiment)
+        return {"hpo_number": trial.number, "overrides": config["overrides"]}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # the Recorder stores it
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self._completed_trials.add(trial_id)  # the Recorder tells the study
+
+
+def ask_members(
+    study: optuna.Study,
+    spec: StudySpec,
+    n: int,
+    sampler: optuna.samplers.BaseSampler,
+    opts: RayOptions,
+    experiment: str,
+) -> dict[int, dict[str, Any]]:
+    """PBT's starting population, sampled by the study's sampler: one Optuna trial per member."""
+    study.sampler = sampler
+    bounds = mutation_bounds(spec, opts.mutations)
+    members = {}
+    for _ in range(n):
+        trial = study.ask()
+        overrides = search_spaces.suggest(trial, spec.search_space)
+        _start_attrs(trial, overrides, experiment)
+        start = spec.train_config().with_overrides(overrides)
+        members[trial.number] = {
+            "overrides": overrides,
+            **starting_values(start, bounds, pb2=opts.scheduler == "pb2"),
+        }
+    return members
+
+
+def _start_attrs(trial: optuna.Trial, overrides: dict[str, Any], experiment: str) -> None:
+    for key, value in overrides.items():  # derived values: what the trainer really got
+        if key not in trial.params:
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("backend", "ray")
+    trial.set_user_attr("ray.experiment", experiment)
+
+
+def trial_config(config: dict[str, Any], spec: StudySpec, sets: dict[str, Any]) -> TrainConfig:
+    """Study settings <- the trial's overrides <- PBT's current values <- --set."""
+    current = perturbed(config)
+    cfg = spec.train_config().with_overrides(config["overrides"]).with_overrides(current)
+    return cfg.with_overrides(sets)

@@ -1,0 +1,103 @@
+"""One Ray experiment for the study: the Tuner's searcher, scheduler, resources and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.experiment import Trial
+
+from hpo import run
+from hpo.raytune.cluster import cluster_slots
+from hpo.raytune.options import RayOptions
+from hpo.raytune.recorder import Recorder, RecordTo
+from hpo.raytune.schedulers import PBT_SCHEDULERS, Member, make_scheduler
+from hpo.raytune.search import SpaceFn, StudySearch, ask_members
+from hpo.strategy import make_sampler
+from hpo.study_spec import StudySpec
+
+
+def new_tuner(
+    spec: StudySpec,
+    opts: RayOptions,
+    study: optuna.Study,
+    wargs: run.WorkerArgs,
+    trainable: Any,
+    experiment: str,
+    n: int,
+    args: argparse.Namespace,
+) -> tune.Tuner:
+    """A fresh experiment of `n` trials: the study's sampler asks them, or (PBT/PB2) a population
+    of `n` members asked up front; the Recorder writes them into the study."""
+    metric, mode = spec.objective.metric, "min" if spec.objective.direction == "minimize" else "max"
+    cfg = spec.train_config(wargs.sets)
+    concurrency = opts.max_concurrent or max(1, int(cluster_slots(opts)))
+    scheduler = make_scheduler(opts.scheduler, spec, cfg, mutations=opts.mutations,
+                               pruner=wargs.pruner)  # fmt: skip
+    sampler = make_sampler(spec, name=wargs.sampler, seed=wargs.seed, n_workers=concurrency,
+                           worker=0, n_existing=len(study.trials))  # fmt: skip
+    if opts.scheduler in PBT_SCHEDULERS:
+        members = ask_members(study, spec, n, sampler, opts, experiment)
+        param_space: dict[str, Any] = {
+            "hpo_number": tune.grid_search(sorted(members)),  # one trial per member
+            **{key: tune.sample_from(Member(members, key)) for key in members[min(members)]},
+        }
+        search_alg, num_samples = None, 1
+    else:
+        param_space = {}
+        search_alg = StudySearch(
+            SpaceFn(spec.search_space),
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            storage=study._storage,
+            study_name=study.study_name,
+            experiment=experiment,
+        )
+        num_samples = n
+    resources = {"cpu": opts.cpu, "gpu": opts.gpu} if opts.gpu else {"cpu": opts.cpu}
+    record_to = RecordTo(
+        url=wargs.url,
+        study_name=study.study_name,
+        metric=metric,
+        direction=spec.objective.direction,
+        experiment=experiment,
+        checkpoint_root=str(Path(wargs.checkpoint_root).resolve()),
+        keep_all=args.keep_checkpoints,
+        mutations=opts.mutations,
+    )
+    pbt = opts.scheduler in PBT_SCHEDULERS
+    return tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=opts.max_concurrent,
+            time_budget_s=args.timeout,
+            # a worker process serves trial after trial (and keeps its tokenized data): a
+            # stopped trial's report raises SystemExit, which ends its function at once
+            reuse_actors=True,
+            trial_dirname_creator=_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=opts.storage_path,
+            verbose=0,
+            callbacks=[Recorder(record_to)],
+            failure_config=tune.FailureConfig(max_failures=spec.ray.max_failures),
+            # PBT saves the checkpoint a member already reported; with num_to_keep Ray then
+            # deletes it twice and fails the trial. The experiment folder goes when it ends.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
+        ),
+    )
+
+
+def _dirname(trial: Trial) -> str:
+    return f"trial_{trial.config.get('hpo_number', trial.trial_id)}_{trial.trial_id}"
