@@ -58,7 +58,15 @@ def connect(opts: RayOptions) -> None:
             runtime_env={"env_vars": env},
         )
     except ConnectionError as e:
-        raise HPOError(f"cannot connect to Ray at --address {address}: {e}") from None
+        # a cluster with token auth (RAY_AUTH_MODE=token) makes an unauthenticated Ray Client
+        # wait for a reply that never comes: the error is a plain timeout
+        hint = (
+            "; if the cluster uses token authentication, set RAY_AUTH_MODE=token here too, with "
+            "its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            if address and address.startswith("ray://")
+            else ""
+        )
+        raise HPOError(f"cannot connect to Ray at --address {address}: {e}{hint}") from None
     Timing.init_end = time.time()
     need = f"{opts.cpu:g} CPU" + (f" and {opts.gpu:g} GPU" if opts.gpu else "")
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

@@ -22,8 +22,6 @@ from hpo.analyze import analyze
 from hpo.validate import configs_to_validate
 from trainers import TrainConfig, score_checkpoint
 
-ray = pytest.importorskip("ray")
-
 TINY = ["--set", "train.max_steps=30"]  # 3 evaluations: still prunable
 
 
@@ -223,3 +221,35 @@ def test_ray_flags_need_the_ray_backend(tmp_path, env):
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and out.stderr == "error: --scheduler needs --backend ray\n"
+
+
+def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monkeypatch):
+    """--address ray://HOST:PORT: Ray Client, the driver runs on the cluster."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", env["RAY_TMPDIR"])
+    port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False, "ray_client_server_port": port},
+    )
+    try:
+        cluster.wait_for_nodes()
+        # the local cluster uses token authentication; the client must too
+        client_env = {**env, "RAY_AUTH_MODE": "token"}
+        run_ray(tmp_path, client_env, "--study", "smoke", "--trials", "3", "--address",
+                f"ray://127.0.0.1:{port}", *TINY)  # fmt: skip
+        head = {n.node_id for n in cluster.list_all_nodes()}
+    finally:
+        cluster.shutdown()
+    ts = trials(tmp_path)
+    assert len(counted(ts)) == 3
+    assert {t.user_attrs["ray.node_id"] for t in ts} <= head
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

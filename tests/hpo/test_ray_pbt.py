@@ -15,8 +15,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-pytest.importorskip("ray")
-
 TINY = [f"--set={kv}" for kv in (
     "data.max_chars=300000", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
     "model.block_size=32", "train.batch_size=8", "train.max_steps=60", "train.eval_interval=10",
