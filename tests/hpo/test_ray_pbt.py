@@ -78,3 +78,18 @@ def test_pbt_exploits_copy_weights_and_the_population_improves(tmp_path, env):
     # the population ends better than it started
     start = min(t.intermediate_values[10] for t in ts)
     assert min(t.value for t in ts) < start - 0.3
+
+
+def test_pb2_exploits_and_chooses_new_values_within_the_bounds(tmp_path, env):
+    study = run_ray(tmp_path, env, "--study", "pbt", "--scheduler", "pb2", *TINY)
+    ts = study.get_trials()
+    assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
+    events = [(t, e) for t in ts for e in t.user_attrs.get("pbt.lineage", [])]
+    assert events, "no member was ever exploited"
+    for t, e in events:
+        rows = {row["step"]: row for row in t.user_attrs["pbt.schedule"]}
+        assert e["step"] in rows  # PB2's bandit picked the values it goes on with
+        new = rows[e["step"]]
+        assert 1e-4 <= new["optim.lr"] <= 1e-2 and 0 <= new["model.dropout"] <= 0.3
+    start = min(t.intermediate_values[10] for t in ts)
+    assert min(t.value for t in ts) < start - 0.3
