@@ -228,6 +228,9 @@ def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monk
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_TMPDIR", env["RAY_TMPDIR"])
+    # the head's client proxy starts a server process per client and gives it 30 s by default,
+    # which a busy 2-core machine can miss; the proxy inherits this from the test's environment
+    monkeypatch.setenv("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "180")
     port = _free_port()
     cluster = Cluster(
         initialize_head=True,
