@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -240,8 +241,10 @@ def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monk
         cluster.wait_for_nodes()
         # the local cluster uses token authentication; the client must too
         client_env = {**env, "RAY_AUTH_MODE": "token"}
-        run_ray(tmp_path, client_env, "--study", "smoke", "--trials", "3", "--address",
-                f"ray://127.0.0.1:{port}", *TINY)  # fmt: skip
+        code, err = finish(start(tmp_path, client_env, "--study", "smoke", "--trials", "3",
+                                 "--address", f"ray://127.0.0.1:{port}", *TINY))  # fmt: skip
+        logs = sorted(Path(env["RAY_TMPDIR"]).glob("**/logs/ray_client_server*.err"))
+        assert code == 0, err[-3000:] + "".join(p.read_text()[-2000:] for p in logs)
         head = {n.node_id for n in cluster.list_all_nodes()}
     finally:
         cluster.shutdown()
