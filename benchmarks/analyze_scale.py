@@ -25,6 +25,7 @@ import numpy as np
 import optuna
 
 from hpo.analyze import analyze, attach
+from hpo.record import TrialRecord, write
 from hpo.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,11 +48,9 @@ def build(storage: str, n: int) -> optuna.Study:
         for step in range(1, 11):
             trial.report(final + 1.0 / step, step * 100)
             if trial.should_prune():
-                trial.set_user_attr("steps", step * 100)
-                trial.set_user_attr("max_steps", 1000)
+                write(trial, TrialRecord(stop_reason="pruned", steps=step * 100, max_steps=1000))
                 raise optuna.TrialPruned()
-        trial.set_user_attr("steps", 1000)
-        trial.set_user_attr("max_steps", 1000)
+        write(trial, TrialRecord(stop_reason="max_steps", steps=1000, max_steps=1000))
         return final
 
     study.optimize(objective, n_trials=n)
@@ -92,14 +91,15 @@ def main() -> None:
                 page.append(time.perf_counter() - t0)
         finally:
             server.kill()
-    print(json.dumps({
+    out = {
         "trials": args.trials,
         "pruned": result["trials"]["pruned"],
         "build_s": round(built, 1),
         "analyze_s": round(analysis, 1),
         "top_param": result["importance"][0]["param"],
         "dashboard_study_api_s": {"cold": round(page[0], 2), "warm": round(min(page[1:]), 2)},
-    }, indent=2))  # fmt: skip
+    }
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency import BENCH_SETS
 
+from hpo.record import TrialRecord
+
 BACKENDS = {
     "optuna --workers 2": ["--workers", "2"],
     "ray (2 trials at a time)": ["--backend", "ray", "--cpus-per-trial", "1"],
 }
-STARTUP = re.compile(r"ray: start-up ([\d.]+)s from ray.init to the first trial running "
-                     r"\(ray.init ([\d.]+)s\)")  # fmt: skip
+STARTUP = re.compile(
+    r"ray: start-up ([\d.]+)s from ray.init to the first trial running \(ray.init ([\d.]+)s\)"
+)
 
 
 def run_backend(name: str, flags: list[str], *, trials: int, seed: int, corpus: str) -> dict:
@@ -44,8 +47,9 @@ def run_backend(name: str, flags: list[str], *, trials: int, seed: int, corpus: 
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: unix socket paths
     url = f"sqlite:///{tmp}/hpo.db"
     sets = [f"--set={k}={v}" for k, v in {**BENCH_SETS, "data.corpus": corpus}.items()]
-    cmd = [sys.executable, "-m", "hpo.run", "--study", "lr_sweep", "--trials", str(trials),
-           "--seed", str(seed), "--storage", url, "--no-progress", *sets, *flags]  # fmt: skip
+    study = ["--study", "lr_sweep", "--trials", str(trials), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "hpo.run", *study, "--storage", url, "--no-progress"]
+    cmd += [*sets, *flags]
     env = {**os.environ, "HPO_RUNS_DIR": str(tmp / "runs"), "RAY_TMPDIR": ray_tmp}
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -60,8 +64,8 @@ def run_backend(name: str, flags: list[str], *, trials: int, seed: int, corpus: 
         "wall_s": round(wall, 1),
         "best": round(study.best_value, 4),
         "trials": dict(Counter(t.state.name.lower() for t in ts)),
-        "steps_trained": sum(t.user_attrs.get("steps", 0) for t in ts),
-        "train_s": round(sum(t.user_attrs.get("wall_time_s", 0.0) for t in ts), 1),
+        "steps_trained": sum((TrialRecord.of(t).steps or 0) for t in ts),
+        "train_s": round(sum((TrialRecord.of(t).wall_time_s or 0) for t in ts), 1),
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }

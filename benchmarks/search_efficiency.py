@@ -35,6 +35,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hpo.objective import Objective
+from hpo.record import TrialRecord
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import load_study_spec
@@ -77,26 +78,17 @@ def run_strategy(
     study = optuna.create_study(
         study_name=f"{sampler}-{pruner}-{seed}", storage=storage, direction="minimize"
     )
-    study.sampler = make_sampler(spec, name=sampler, seed=seed, n_workers=1, worker=0, n_existing=0)
+    study.sampler = make_sampler(spec, name=sampler, seed=seed, worker=0, n_existing=0)
     study.pruner = make_pruner(spec, name=pruner, cfg=spec.train_config(sets))
     objective = Objective(
         spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{sampler}-{pruner}-{seed}"
     )
-    spent = [0]
-
-    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        spent[0] += trial.user_attrs.get("steps", 0)
-        if spent[0] >= budget:
-            study.stop()
-
     start = time.perf_counter()
-    study.optimize(
-        objective, catch=(TrainerError,), callbacks=[stop_at_budget], gc_after_trial=False
-    )
+    study.optimize(objective, catch=(TrainerError,), callbacks=[StopAtBudget(budget)])
     wall = time.perf_counter() - start
     curve, best, steps = [], float("inf"), 0
     for t in study.get_trials(deepcopy=False):
-        steps += t.user_attrs.get("steps", 0)
+        steps += TrialRecord.of(t).steps or 0
         if t.state == TrialState.COMPLETE:
             best = min(best, t.value)
         curve.append((steps, best))
@@ -110,9 +102,21 @@ def run_strategy(
     }
 
 
+class StopAtBudget:
+    """Stops a study once its trials have trained `budget` steps in all."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.spent = budget, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.spent += TrialRecord.of(trial).steps or 0
+        if self.spent >= self.budget:
+            study.stop()
+
+
 def training_seconds(trial: optuna.trial.FrozenTrial) -> float:
     """Time inside train() less what it spent reporting to the pruner (storage, pruning)."""
-    return trial.user_attrs.get("wall_time_s", 0.0) - trial.user_attrs.get("tuner_time_s", 0.0)
+    return (TrialRecord.of(trial).wall_time_s or 0) - (TrialRecord.of(trial).tuner_time_s or 0)
 
 
 def default_study_overhead(n_trials: int) -> dict:
@@ -124,11 +128,9 @@ def default_study_overhead(n_trials: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/hpo.db"
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "hpo.run", "--study", "lr_sweep", "--trials", str(n_trials),
-             "--storage", url, "--no-progress"],
-            check=True, env={**os.environ, "HPO_RUNS_DIR": f"{tmp}/runs"},
-        )  # fmt: skip
+        study = ["--study", "lr_sweep", "--trials", str(n_trials)]
+        command = [sys.executable, "-m", "hpo.run", *study, "--storage", url, "--no-progress"]
+        subprocess.run(command, check=True, env={**os.environ, "HPO_RUNS_DIR": f"{tmp}/runs"})
         wall = time.perf_counter() - start
         trials = optuna.load_study(study_name="lr_sweep", storage=url).get_trials()
     train = sum(training_seconds(t) for t in trials)
@@ -136,7 +138,7 @@ def default_study_overhead(n_trials: int) -> dict:
         "trials": len(trials),
         "wall_s": round(wall, 1),
         "training_s": round(train, 1),
-        "tuner_in_training_s": round(sum(t.user_attrs.get("tuner_time_s", 0) for t in trials), 2),
+        "tuner_in_training_s": round(sum((TrialRecord.of(t).tuner_time_s or 0) for t in trials), 2),
         "overhead_share": round((wall - train) / wall, 4),
         "per_trial_ms": round(1000 * (wall - train) / len(trials), 1),
     }

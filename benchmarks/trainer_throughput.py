@@ -1,12 +1,15 @@
 """Trainer throughput: tokens/s and achieved FLOP/s, against this machine's own matmul speed.
 
     python benchmarks/trainer_throughput.py [--corpus PATH] [--steps 300]
+    python benchmarks/trainer_throughput.py --time-to-loss 1.4697     # GPU: nanoGPT's recipe
 
-The baseline is measured in the same run: a large float32 matmul (the best any model of ours
-could do per FLOP) and a matmul of the model's own hidden shape. The ratio "of matmul" is the
-trainer's model FLOP/s over the large matmul's. On a CUDA GPU it also measures the issue's GPU
-config (6 layers, 6 heads, width 384, context 256, batch 64) in bf16, with and without
-torch.compile.
+The baseline is measured in the same run: a large matmul (the best any model of ours could do
+per FLOP) and a matmul of the model's own hidden shape. "of matmul" is the trainer's model
+FLOP/s over the large matmul's; on a GPU whose peak is known (PEAK_BF16), "mfu" is the model
+FLOP/s over that peak (model FLOP utilization, as nanoGPT and PaLM define it). On a CUDA GPU it
+measures nanoGPT's shakespeare-char recipe (6 layers, 6 heads, width 384, context 256, batch
+64) in bf16, with and without torch.compile. --time-to-loss trains that recipe to the val loss
+nanoGPT publishes for it (1.4697) and reports the wall time. benchmarks/gpu.md is the runbook.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trainers import TrainConfig, train
+from trainers import StopTraining, TrainConfig, train
 from trainers.device import resolve_device
 from trainers.model import flops_per_token
 
@@ -32,6 +35,29 @@ GPU_CONFIG = {
     "model.n_embd": 384,
     "model.block_size": 256,
     "train.batch_size": 64,
+}
+# nanoGPT's config/train_shakespeare_char.py on top of GPU_CONFIG: its published result is val
+# loss 1.4697 after 5000 iterations (about 3 minutes on an A100, its README says)
+NANOGPT_RECIPE = {
+    **GPU_CONFIG,
+    "model.dropout": 0.2,
+    "optim.lr": 1e-3,
+    "optim.beta2": 0.99,
+    "optim.weight_decay": 0.1,
+    "schedule.name": "cosine",
+    "schedule.warmup_frac": 100 / 5000,
+    "schedule.min_lr_frac": 0.1,
+    "train.max_steps": 5000,
+    "train.eval_interval": 250,
+    "train.eval_batches": 7,  # 7 x 32 = 224 windows of 256 tokens, about nanoGPT's 200 x 64
+}
+# dense bf16 tensor FLOP/s from the vendors' data sheets, by a name torch reports
+PEAK_BF16 = {
+    "H100 SXM": 989.4e12,
+    "H100 80GB HBM3": 989.4e12,
+    "H100 PCIe": 756.0e12,
+    "H200": 989.4e12,
+    "A100": 312.0e12,
 }
 
 
@@ -58,14 +84,48 @@ def measure(cfg: TrainConfig, peak: float, label: str) -> dict:
     # includes warm-up (and compilation), so the steady state is the median of the others
     steady = statistics.median(row["system/tokens_per_s"] for row in result.history[1:])
     per_token = flops_per_token(cfg.model, result.data["vocab_size"])
+    spec_peak = gpu_peak()
     return {
         "config": label,
         "tokens_per_s": round(steady),
         "model_gflops": round(steady * per_token / 1e9, 1),
         "of_matmul": round(steady * per_token / peak, 3),
+        "mfu": round(steady * per_token / spec_peak, 3) if spec_peak else None,
         "params": result.n_params,
         "val_loss": round(result.metrics["val/loss"], 4),
         "peak_mem_mb": round(result.metrics["system/peak_mem_mb"]),
+    }
+
+
+def gpu_peak() -> float | None:
+    """The data-sheet bf16 peak of this GPU, when it is one we know."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16.items() if key in name), None)
+
+
+def time_to_loss(corpus: str, target: float, compile_model: bool) -> dict:
+    """nanoGPT's recipe with hpo's trainer: the wall time until val loss first reaches
+    `target` (the run stops there), against nanoGPT's own time on the same GPU (gpu.md)."""
+    cfg = TrainConfig().with_overrides(
+        {**NANOGPT_RECIPE, "data.corpus": corpus, "train.compile": compile_model}
+    )
+    start, reached = time.perf_counter(), {}
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if metrics["val/loss"] <= target and not reached:
+            reached.update(step=step, seconds=time.perf_counter() - start)
+            raise StopTraining("reached")
+
+    result = train(cfg, report=report)
+    return {
+        "target_val_loss": target,
+        "compile": compile_model,
+        "reached_at_step": reached.get("step"),
+        "seconds": round(reached["seconds"], 1) if reached else None,
+        "best_val_loss": round(result.best_val_loss, 4),
+        "steps": result.steps,
     }
 
 
@@ -73,7 +133,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument(
+        "--time-to-loss", type=float, metavar="LOSS", help="train nanoGPT's recipe to this loss"
+    )
+    parser.add_argument("--compile", action="store_true", help="with --time-to-loss")
     args = parser.parse_args()
+    if args.time_to_loss is not None:
+        print(json.dumps(time_to_loss(args.corpus, args.time_to_loss, args.compile), indent=2))
+        return
     device = resolve_device("auto")
     base = TrainConfig().with_overrides(
         {

@@ -1,8 +1,11 @@
 """What mattered in a study: python -m hpo.analyze --study lr_sweep
 
-Prints importance with intervals, range warnings, sensitivity and pruning statistics; writes
-plots (HTML + PNG), summary.md and analysis.json under runs/<study>/report/, and attaches the
-plots and summary to the study (artifacts and a note) so optuna-dashboard shows them.
+Prints importance with intervals (each parameter scored within its condition, hpo.importance),
+the conditions compared, range warnings (in study-YAML keys, inside each bound's domain),
+sensitivity and pruning statistics; writes plots (HTML + PNG), summary.md and analysis.json
+under runs/<study>/report/, and attaches the plots and summary to the study (artifacts and a
+note) so optuna-dashboard shows them. Under pruning, trials are compared at a common rung, pruned
+ones included (--values final: completed trials only); the summary says which.
 """
 
 from __future__ import annotations
@@ -20,45 +23,47 @@ from optuna.trial import TrialState
 from hpo import diagnostics, plots
 from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
-from hpo.importance import EVALUATORS, importance_intervals
+from hpo.flags import add_storage_flag, add_study_flags, stored_name
+from hpo.importance import (
+    EVALUATORS,
+    METHOD,
+    MIN_TRIALS,
+    condition_summary,
+    importance_intervals,
+    unscored,
+)
 from hpo.storage import load_existing_study, runs_dir
+from trainers.cli import run_cli
 
-MIN_TRIALS_FOR_IMPORTANCE = 8
+VALUES = ("rung", "final")  # --values: what importance, sensitivity and range advice compare
 
 
 def analyze(
-    study: optuna.Study, *, evaluator: str = "fanova", resamples: int = 20, out: Path | None = None
+    study: optuna.Study,
+    *,
+    evaluator: str = "fanova",
+    resamples: int = 20,
+    out: Path | None = None,
+    values: str = "rung",
 ) -> dict:
-    """Run every analysis the study's trials allow; return the results (also written to `out`)."""
+    """Run every analysis the study's trials allow; return the results (also written to `out`).
+
+    `values="rung"` compares trials at a common rung when pruned trials reached one
+    (diagnostics.comparable_values); "final" uses completed trials' final values only.
+    """
+    if values not in VALUES:
+        raise ValueError(f"unknown {values=}; valid: {', '.join(VALUES)}")
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
-    notes: list[str] = []
-    importance = None
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        notes.append(
-            f"importance skipped: {len(complete)} completed trials, "
-            f"{evaluator} needs at least {MIN_TRIALS_FOR_IMPORTANCE} to say anything"
-        )
-    else:
-        try:
-            importance = importance_intervals(
-                complete, direction=study.direction, evaluator=evaluator, n_resamples=resamples
-            )
-        except ValueError as e:
-            notes.append(f"importance skipped: {e}")
-    unstable = importance is not None and bool(importance["unstable"].any())
-    if unstable:
-        notes.append(
-            "the importance ranking is unstable where intervals overlap (marked *); "
-            "more trials would settle it"
-        )
-    top = diagnostics.top_trials(trials, minimize=minimize)
-    params = (
-        list(importance.index)
-        if importance is not None
-        else sorted({p for t in complete for p in t.params})
+    compared = diagnostics.comparable_values(
+        trials, minimize=minimize, final_only=values == "final"
     )
+    importance, notes = _importance(compared, study.direction, evaluator, resamples)
+    if not complete:
+        notes.insert(0, "no trial has completed yet: there is no best trial to report")
+    top = diagnostics.top_trials(trials, minimize=minimize)
+    warnings = diagnostics.range_warnings(compared.trials, minimize=minimize)
     result = {
         "study": study.study_name,
         "trials": {
@@ -67,20 +72,83 @@ def analyze(
         "best": {"number": top[0].number, "value": top[0].value, "params": top[0].params}
         if top
         else None,
+        "compared": {
+            "step": compared.step,
+            "trials": len(compared.trials),
+            "complete": compared.n_complete,
+            "pruned": compared.n_pruned,
+            "description": compared.describe(),
+        },
+        "importance_method": f"{evaluator}, {resamples} bootstrap resamples; {METHOD}",
         "importance": None
         if importance is None
         else importance.reset_index().to_dict(orient="records"),
-        "range_warnings": diagnostics.range_warnings(trials, minimize=minimize),
-        "sensitivity": diagnostics.sensitivity(trials).reset_index().to_dict(orient="records"),
+        "conditions": condition_summary(compared.trials, minimize=minimize).to_dict("records"),
+        "range_warnings": [str(w) for w in warnings],
+        "sensitivity": diagnostics.sensitivity(compared.trials)
+        .reset_index()
+        .to_dict(orient="records"),
         "pruning": diagnostics.pruning_stats(trials),
         "notes": notes,
     }
     if out is not None:
-        files = plots.save_all(study, top[:10], importance, params[:6], out) if complete else []
-        result["files"] = [str(f) for f in files]
-        (out / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
-        (out / "summary.md").write_text(markdown(result, importance))
+        _write(study, result, importance, top, out)
     return result
+
+
+def _write(
+    study: optuna.Study, result: dict, importance: pd.DataFrame | None, top: list, out: Path
+) -> None:
+    """Plots (when a trial has completed), analysis.json and summary.md, into `out`."""
+    out.mkdir(parents=True, exist_ok=True)  # the plots are not always there to make it
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    names = (
+        list(dict.fromkeys(importance.index))  # a parameter may be scored in two conditions
+        if importance is not None
+        else sorted({p for t in complete for p in t.params})
+    )
+    params = _plot_params(names, complete)
+    files = plots.save_all(study, top[:10], importance, params[:6], out) if complete else []
+    result["files"] = [str(f) for f in files]
+    (out / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "summary.md").write_text(markdown(result, importance))
+
+
+def _plot_params(names: list[str], complete) -> list[str]:
+    """The parameters Optuna's plots can show (those of completed trials), most important
+    first, then the next one that shares trials with it, so that the contour plot of the first
+    two has points (two conditional parameters may never meet)."""
+    names = [n for n in names if any(n in t.params for t in complete)]
+    for i, name in enumerate(names[1:], start=1):
+        if any(names[0] in t.params and name in t.params for t in complete):
+            return [names[0], name, *names[1:i], *names[i + 1 :]]
+    return names
+
+
+def _importance(
+    compared: diagnostics.TrialValues, direction, evaluator: str, resamples: int
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """Importance intervals on the compared values, and notes on what was left out."""
+    n = len(compared.trials)
+    what = "completed trials" if compared.step is None else f"trials at step {compared.step}"
+    if n < MIN_TRIALS:
+        return None, [
+            f"importance skipped: {n} {what}, {evaluator} needs at least {MIN_TRIALS} "
+            "to say anything"
+        ]
+    try:
+        importance = importance_intervals(
+            compared.trials, direction=direction, evaluator=evaluator, n_resamples=resamples
+        )
+    except ValueError as e:
+        return None, [f"importance skipped: {e}"]
+    notes = [f"{name} not scored: {why}" for name, why in unscored(compared.trials).items()]
+    if importance["unstable"].any():
+        notes.append(
+            "the importance ranking is unstable where intervals overlap (marked *); "
+            "more trials would settle it"
+        )
+    return importance, notes
 
 
 def markdown(result: dict, importance: pd.DataFrame | None) -> str:
@@ -95,20 +163,27 @@ def markdown(result: dict, importance: pd.DataFrame | None) -> str:
             f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in best["params"].items()
         ]
+    else:
+        lines.append("No trial has completed yet.")
+    lines += [
+        "",
+        "Importance, conditions, range warnings and sensitivity compare "
+        f"{result['compared']['description']}.",
+    ]
     if importance is not None:
+        lines += _importance_lines(result, importance)
+    if len(result["conditions"]) > 1:
         lines += [
             "",
-            "## Importance (90% interval)",
+            "## Conditions (trials with the same parameters)",
             "",
-            "| rank | parameter | importance | interval |",
+            "| condition | trials | best | median |",
             "| --- | --- | --- | --- |",
         ]
-        for name, row in importance.iterrows():
-            mark = " *" if row["unstable"] else ""
-            lines.append(
-                f"| {row['rank']}{mark} | {name} | {row['importance']:.3f} "
-                f"| [{row['low']:.3f}, {row['high']:.3f}] |"
-            )
+        lines += [
+            f"| {c['condition']} | {c['trials']} | {c['best']:.4f} | {c['median']:.4f} |"
+            for c in result["conditions"]
+        ]
     if result["range_warnings"]:
         lines += ["", "## Range warnings", ""] + [f"- {w}" for w in result["range_warnings"]]
     if result["sensitivity"]:
@@ -116,20 +191,51 @@ def markdown(result: dict, importance: pd.DataFrame | None) -> str:
             "",
             "## Sensitivity (Spearman with the objective)",
             "",
-            "| parameter | rho | p |",
-            "| --- | --- | --- |",
+            "| parameter | rho | p | trials |",
+            "| --- | --- | --- | --- |",
         ]
         lines += [
-            f"| {r['param']} | {r['spearman']:+.2f} | {r['p_value']:.2g} |"
+            f"| {r['param']} | {r['spearman']:+.2f} | {r['p_value']:.2g} | {r['n']} |"
             for r in result["sensitivity"]
         ]
-    p = result["pruning"]
-    lines += [
+    lines += _pruning_lines(result["pruning"])
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _importance_lines(result: dict, importance: pd.DataFrame) -> list[str]:
+    lines = [
+        "",
+        "## Importance (90% interval)",
+        "",
+        f"Method: {result['importance_method']}. Importances add up to 1 within a condition and "
+        "compare only there; the conditions themselves are compared below.",
+    ]
+    for scope, rows in importance.groupby("scope", sort=False):
+        lines += [
+            "",
+            f"### Scored on: {scope} ({rows['n_trials'].iloc[0]} trials)",
+            "",
+            "| rank | parameter | importance | interval |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, row in rows.iterrows():
+            mark = " *" if row["unstable"] else ""
+            lines.append(
+                f"| {row['rank']}{mark} | {name} | {row['importance']:.3f} "
+                f"| [{row['low']:.3f}, {row['high']:.3f}] |"
+            )
+    return lines
+
+
+def _pruning_lines(p: dict) -> list[str]:
+    lines = [
         "",
         "## Pruning",
         "",
-        f"{p['pruned']} trials pruned; {p['saved']:.0%} of training steps saved "
-        f"({p['steps_trained']:,} trained of {p['steps_without_pruning']:,}).",
+        f"{p['pruned']} trials pruned; {p['saved']:.0%} of training {p['unit']} saved "
+        f"({p['trained']:,} trained of {p['without_pruning']:,}).",
     ]
     if p["pruned_per_step"]:
         lines.append(
@@ -137,9 +243,7 @@ def markdown(result: dict, importance: pd.DataFrame | None) -> str:
             + ", ".join(f"{s}: {n}" for s, n in p["pruned_per_step"].items())
             + "."
         )
-    if result["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def attach(study: optuna.Study, out: Path, summary: str) -> int:
@@ -155,37 +259,51 @@ def attach(study: optuna.Study, out: Path, summary: str) -> int:
     return len(files)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpo.analyze", description=__doc__.split("\n")[0])
-    p.add_argument("--study", help="study name (default: the one run last here)")
-    p.add_argument(
-        "--storage", help="database URL (default: $HPO_STORAGE or sqlite:///runs/hpo.db)"
-    )
+    add_study_flags(p)
+    add_storage_flag(p)
     p.add_argument("--evaluator", choices=EVALUATORS, default="fanova")
     p.add_argument(
         "--resamples", type=int, default=20, help="bootstrap resamples for importance intervals"
     )
+    p.add_argument(
+        "--values",
+        choices=VALUES,
+        default="rung",
+        help="what to compare: each trial at a common rung, pruned ones included, when pruning "
+        "left one (default), or the final values of completed trials only",
+    )
     p.add_argument("--out", help="report folder (default: runs/<study>/report)")
     p.add_argument("--no-upload", action="store_true", help="do not attach the report to the study")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _analyze(args))
+
+
+def _analyze(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.time()
-    try:
-        if args.resamples < 1:
-            raise HPOError(f"--resamples must be at least 1, but got {args.resamples}")
-        study = load_existing_study(args.study, args.storage)
-    except HPOError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.resamples < 1:
+        raise HPOError(f"--resamples must be at least 1, but got {args.resamples}")
+    study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
     out = Path(args.out) if args.out else runs_dir() / study.study_name / "report"
-    result = analyze(study, evaluator=args.evaluator, resamples=args.resamples, out=out)
+    result = analyze(
+        study, evaluator=args.evaluator, resamples=args.resamples, out=out, values=args.values
+    )
     summary = (out / "summary.md").read_text()
     print(summary)
     if not args.no_upload:
         n = attach(study, out, summary)
         print(f"attached {n} files and a note to study {study.study_name!r}", file=sys.stderr)
     print(f"report in {out} ({time.time() - start:.1f}s)", file=sys.stderr)
-    return 0 if result["best"] else 1
+    if not result["best"]:
+        print(f"no trial of study {study.study_name!r} has completed yet", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,10 +20,12 @@ from typing import Any
 import torch
 
 from trainers import TrainConfig, TrainResult
-from trainers.device import device_name
+from trainers.device import device_memory_mb, device_name
 
-PACKAGES = ("torch", "optuna", "numpy", "transformers", "datasets", "tokenizers", "pandas", "scipy",
-            "wandb", "mlflow", "mlflow-skinny")  # fmt: skip
+PACKAGES = (
+    *("torch", "optuna", "numpy", "transformers", "datasets", "tokenizers", "pandas", "scipy"),
+    *("wandb", "mlflow", "mlflow-skinny"),
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,21 +49,46 @@ def environment() -> dict[str, Any]:
     }
 
 
-def trial_manifest(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
-    """Threads and deterministic mode are recorded because CPU float sums depend on them."""
+def trial_manifest(
+    cfg: TrainConfig,
+    *,
+    data: dict[str, Any],
+    seeds: dict[str, int],
+    device: str,
+    steps: int | None = None,
+    stop_reason: str | None = None,
+) -> dict[str, Any]:
+    """What produced a run: `data` is Data.info() (corpus fingerprint, tokenizer, sizes),
+    `seeds` per component (init, data order, dropout). Threads and deterministic mode are
+    recorded because CPU float sums depend on them."""
     return {
         **environment(),
-        "device": result.device,
-        "device_name": device_name(torch.device(result.device)),
+        "device": device,
+        "device_name": device_name(torch.device(device)),
+        "device_memory_mb": device_memory_mb(torch.device(device)),
+        # which GPU of the machine this was (hpo.devices gives each worker its own)
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "data": result.data,
-        "tokenizer": result.data.get("tokenizer"),
-        "seeds": result.seeds,  # per component: init, data order, dropout
-        "steps": result.steps,
-        "stop_reason": result.stop_reason,
+        "data": data,
+        "tokenizer": data.get("tokenizer"),
+        "seeds": seeds,
+        "steps": steps,
+        "stop_reason": stop_reason,
         "config": cfg.to_dict(),
     }
+
+
+def result_manifest(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
+    """The manifest of a finished run."""
+    return trial_manifest(
+        cfg,
+        data=result.data,
+        seeds=result.seeds,
+        device=result.device,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+    )
 
 
 def study_manifest(

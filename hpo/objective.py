@@ -1,15 +1,21 @@
 """The adapter between an Optuna trial and the trainer: sample, train, report, record.
 
 The trial's value is the best value of the study's metric over the run's evaluations; every
-evaluation is reported to the pruner. What the trial leaves in storage: its parameters, the
-derived values the trainer actually used (batch size, betas), speed, size, steps, stop reason
-and a manifest; a failed trial also says why (diverged, out_of_memory, interrupted, surplus,
-crashed). The retry of a crashed trial resumes from its last checkpoint.
+evaluation is reported to the pruner. What the trial leaves in storage is its record
+(hpo.record): written when it starts (who runs it, the values derived from its parameters)
+and when it ends (speed, size, steps, stop reason, manifest; for a failure, why). The retry of
+a crashed trial resumes from its last checkpoint.
+
+A diverged trial is PRUNED, not FAIL: it reports a value worse than any healthy run's at the
+step it blew up, so that TPE (which ignores failed trials) learns to avoid its region.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
 import os
 import shutil
 import socket
@@ -21,10 +27,23 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
-from hpo.manifest import trial_manifest, write_manifest
+from hpo import record as records
+from hpo.budget import equal_compute, resource, tokens_per_step
+from hpo.devices import gpu_share
+from hpo.manifest import result_manifest, write_manifest
+from hpo.record import TrialRecord
+from hpo.storage import STORAGE_ERRORS, first_line, storage_failure
 from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker
-from trainers import DivergedError, OutOfMemoryError, StopTraining, TrainerError, train
+from trainers import (
+    DivergedError,
+    OutOfMemoryError,
+    StopTraining,
+    TrainConfig,
+    TrainResult,
+    UsageError,
+    train,
+)
 from trainers.data import Data, load_data
 
 log = logging.getLogger(__name__)
@@ -33,7 +52,7 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 IN_PLAY = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # done or on their way
 
 
-class SurplusTrialError(TrainerError):
+class SurplusTrialError(Exception):
     """Two workers raced for the last slot; this trial would overshoot the target."""
 
 
@@ -46,107 +65,171 @@ class Objective:
         target: int,
         checkpoint_root: Path,
         tracker: Tracker | None = None,
+        gpu: str | None = None,
+        shared_gpu: bool = False,
     ) -> None:
         self.spec = spec
         self.sets = sets
         self.target = target
         self.checkpoint_root = checkpoint_root
         self.tracker = tracker or Tracker()  # W&B / MLflow run per trial; the default: none
-        self._data: dict[str, Data] = {}  # tokenized splits, reused by every trial of this worker
+        self.gpu = gpu  # this worker's (hpo.devices), as CUDA_VISIBLE_DEVICES names it
+        self.shared_gpu = shared_gpu  # other workers of this machine train on it too
 
     def __call__(self, trial: optuna.Trial) -> float:
         with self.tracker.trial(trial):  # its run ends as the trial does: complete/pruned/failed
-            return self._trial(trial)
+            try:
+                return self._trial(trial)
+            except KeyboardInterrupt:  # while sampling, loading or training
+                _record_interrupt(trial)
+                raise
+            except UsageError as e:  # a sampled config this trainer or corpus cannot run
+                fail(trial, records.INVALID_CONFIG, str(e))
+                raise
+            except Exception as e:
+                lost = storage_failure(e)
+                if lost is not None:
+                    # if the storage is still away this write fails too: the trial then stays
+                    # RUNNING, goes silent, and is retried as crashed when the study resumes
+                    with contextlib.suppress(*STORAGE_ERRORS):
+                        fail(trial, records.STORAGE_LOST, f"lost the storage ({first_line(lost)})")
+                raise
 
     def _trial(self, trial: optuna.Trial) -> float:
         if _in_play_before(trial) >= self.target:
-            _fail(trial, "surplus", "surplus: the target was reached by other workers")
+            fail(trial, records.SURPLUS, "surplus: the target was reached by other workers")
             raise SurplusTrialError("target already reached")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it
         overrides = search_spaces.suggest(trial, self.spec.search_space)
-        cfg = self.spec.train_config().with_overrides(overrides).with_overrides(self.sets)
-        for key, value in overrides.items():  # derived values: what the trainer really got
-            if key not in trial.params:
-                trial.set_user_attr(key, value)
+        # sampled values last: what the trial records as its params is what trains (a --set
+        # on a tuned key is refused up front, and could not win here anyway)
+        base = self.spec.train_config(self.sets)
+        cfg = equal_compute(base.with_overrides(overrides), base)
+        # Optuna has no public view of a running trial's inherited values and system attrs
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        ckpt, retry_of = self._checkpoint_for(trial, frozen)
+        enqueued = TrialRecord.of(frozen)  # an out-of-memory retry comes with its own
+        record = TrialRecord.starting(
+            trial.params,
+            overrides,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+            gpu=self.gpu,
+            alone=enqueued.alone,
+            retry_of=retry_of if retry_of is not None else enqueued.retry_of,
+            max_steps=cfg.train.max_steps,
+            max_tokens=cfg.train.max_steps * tokens_per_step(cfg),
+        )
+        records.write(trial, record)
         metric = self.spec.objective.metric
         self.tracker.start_trial(trial, cfg, metric=metric, direction=self.spec.objective.direction)
+        already_reported = set(frozen.intermediate_values)  # a retry inherits its origin's
         tuner_s = [0.0]  # time inside train() spent on the pruner and storage, not on training
 
         def report(step: int, metrics: dict[str, float]) -> None:
             self.tracker.log(step, metrics)  # never raises: a failing tracker turns itself off
-            start = time.perf_counter()
-            if step not in already_reported:
-                trial.report(metrics[metric], step)
+            start, at = time.perf_counter(), resource(step, cfg, base)
+            if at not in already_reported:
+                trial.report(metrics[metric], at)
             prune = trial.should_prune()
             tuner_s[0] += time.perf_counter() - start
             if prune:
                 raise StopTraining("pruned")
 
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-        ckpt = self._checkpoint_for(trial, frozen)
-        already_reported = set(frozen.intermediate_values)  # a retry inherits its origin's
         try:
-            result = train(
-                cfg,
-                report=report,
-                checkpoint_dir=ckpt,
-                data=self._load_data(cfg),
-            )
+            with gpu_share(self.gpu, alone=record.alone):
+                result = train(cfg, report=report, checkpoint_dir=ckpt, data=self._load_data(cfg))
         except DivergedError as e:
-            _fail(trial, "diverged", str(e), steps=e.step)
-            raise
+            steps = {"steps": e.step, "tokens": e.step * tokens_per_step(cfg)}
+            fail(trial, records.DIVERGED, str(e), record=record, **steps)
+            if resource(e.step, cfg, base) not in already_reported:
+                trial.report(self._diverged_value(e, cfg), resource(e.step, cfg, base))
+            raise optuna.TrialPruned(str(e)) from None
         except OutOfMemoryError as e:
-            _fail(trial, "out_of_memory", str(e))
+            fail(trial, records.OUT_OF_MEMORY, str(e), record=record)
+            self._retry_alone(trial, record)
             raise
-        except KeyboardInterrupt:
-            _fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
-            raise
-
-        if result.resumed_from:
-            trial.set_user_attr("resumed_from_step", result.resumed_from)
-        trial.set_user_attr("stop_reason", result.stop_reason)
-        trial.set_user_attr("steps", result.steps)
-        trial.set_user_attr("max_steps", cfg.train.max_steps)
-        trial.set_user_attr("best_step", result.best_step)
-        trial.set_user_attr("tokens_per_s", round(result.tokens_per_s, 1))
-        trial.set_user_attr("params", result.n_params)
-        trial.set_user_attr("wall_time_s", round(result.wall_time_s, 3))
-        trial.set_user_attr("tuner_time_s", round(tuner_s[0], 3))
-        trial.set_user_attr("metrics", result.metrics)
-        manifest = trial_manifest(cfg, result)
-        trial.set_user_attr("manifest", manifest)
-        self.tracker.log_manifest(manifest)
-        write_manifest(ckpt, manifest)  # beside the checkpoints: the trial's folder says it all
+        record = _finished(record, cfg, result, tuner_s=tuner_s[0])
+        records.write(trial, record)
+        self.tracker.log_manifest(record.manifest)
+        write_manifest(ckpt, record.manifest)  # beside the checkpoints: the folder says it all
         if result.stop_reason == "pruned":
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
         values = [row[metric] for row in result.history]
-        return min(values) if self.spec.objective.direction == "minimize" else max(values)
+        return self.spec.objective.best(values)
 
-    def _checkpoint_for(self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> Path:
+    def _retry_alone(self, trial: optuna.Trial, record: TrialRecord) -> None:
+        """Once more, with the GPU to itself: the trials it shared it with may have taken the
+        memory it needed (hpo.devices)."""
+        if self.shared_gpu and not record.alone:
+            records.enqueue(
+                trial.study, trial.params, TrialRecord(retry_of=trial.number, alone=True)
+            )
+
+    def _diverged_value(self, e: DivergedError, cfg: TrainConfig) -> float:
+        return diverged_value(e, self.spec, self._load_data(cfg))
+
+    def _checkpoint_for(
+        self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial
+    ) -> tuple[Path, int | None]:
         """An empty folder, or, for the retry of a trial whose worker died, that trial's folder
-        (moved, so its last checkpoint is where training resumes)."""
+        (moved, so its last checkpoint is where training resumes), and the trial it retries."""
         ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
         shutil.rmtree(ckpt, ignore_errors=True)  # a leftover of an older study of the same name
         history = frozen.system_attrs.get("retry_history", [])  # set by storage.RetryCrashedTrial
-        if history:
-            origin = checkpoint_dir(self.checkpoint_root, history[-1])
-            trial.set_user_attr("retry_of", history[-1])
-            if origin.is_dir():
-                os.replace(origin, ckpt)  # a rename within one folder: atomic
-            else:
-                log.warning(
-                    "trial %d retries trial %d, whose checkpoint %s is gone: starting at step 0",
-                    trial.number,
-                    history[-1],
-                    origin,
-                )
-        return ckpt
+        if not history:
+            return ckpt, None
+        origin = checkpoint_dir(self.checkpoint_root, history[-1])
+        if origin.is_dir():
+            os.replace(origin, ckpt)  # a rename within one folder: atomic
+        else:
+            log.warning(
+                "trial %d retries trial %d, whose checkpoint %s is gone: starting at step 0",
+                *(trial.number, history[-1], origin),
+            )
+        return ckpt, history[-1]
 
-    def _load_data(self, cfg) -> Data:
-        key = repr((cfg.data, cfg.model.block_size))
-        if key not in self._data:
-            self._data[key] = load_data(cfg.data, block_size=cfg.model.block_size)
-        return self._data[key]
+    def _load_data(self, cfg: TrainConfig) -> Data:
+        return data_for(cfg)
+
+
+def _finished(
+    record: TrialRecord, cfg: TrainConfig, result: TrainResult, *, tuner_s: float
+) -> TrialRecord:
+    """The record of a trial whose training ended (by its budget, patience or the pruner)."""
+    return dataclasses.replace(
+        record,
+        resumed_from_step=result.resumed_from,
+        stop_reason=result.stop_reason,
+        steps=result.steps,
+        tokens=result.tokens,
+        best_step=result.best_step,
+        tokens_per_s=round(result.tokens_per_s, 1),
+        n_params=result.n_params,
+        wall_time_s=round(result.wall_time_s, 3),
+        tuner_time_s=round(tuner_s, 3),
+        metrics=result.metrics,
+        manifest=result_manifest(cfg, result),
+    )
+
+
+_DATA: dict[str, Data] = {}
+
+
+def data_for(cfg: TrainConfig) -> Data:
+    """The tokenized splits `cfg` trains on, loaded once per process (by every trial of a
+    worker, Optuna's or Ray's)."""
+    key = repr((cfg.data, cfg.model.block_size))
+    if key not in _DATA:
+        _DATA[key] = load_data(cfg.data, block_size=cfg.model.block_size)
+    return _DATA[key]
+
+
+def diverged_value(e: DivergedError, spec: StudySpec, data: Data) -> float:
+    """What a diverged trial reports: the divergence limit in the metric's units, worse than any
+    run that did not blow up (for TPE, a pruned trial ranks by its step, then by this value)."""
+    nats = e.limit if e.limit is not None else e.loss
+    if spec.objective.metric == "val/bpb":
+        nats /= math.log(2) * data.bytes_per_token["val"]
+    return nats if spec.objective.minimize else -nats
 
 
 def checkpoint_dir(root: Path, number: int) -> Path:
@@ -176,14 +259,31 @@ def clean_checkpoints(study: optuna.Study, root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def fail(
+    trial: optuna.Trial,
+    reason: str,
+    message: str,
+    *,
+    record: TrialRecord | None = None,
+    **fields: Any,
+) -> None:
+    """Record why a running trial stops (its attributes freeze once it is finished)."""
+    record = record if record is not None else TrialRecord.of(trial)
+    fields = {"stop_reason": reason, "fail_reason": message, **fields}
+    records.write(trial, dataclasses.replace(record, **fields))
+
+
+def _record_interrupt(trial: optuna.Trial) -> None:
+    """Ctrl-C can land inside one of the trial's storage calls (a report, a pruning check) and
+    leave that connection unusable; the reason is then written over a fresh session."""
+    message = "interrupted (Ctrl-C or SIGTERM)"
+    try:
+        fail(trial, records.INTERRUPTED, message)
+    except STORAGE_ERRORS:
+        trial.study._storage.remove_session()
+        fail(trial, records.INTERRUPTED, message)
+
+
 def _in_play_before(trial: optuna.Trial) -> int:
-    storage, study_id = trial.study._storage, trial.study._study_id
-    trials = storage.get_all_trials(study_id, deepcopy=False, states=IN_PLAY)
+    trials = trial.study.get_trials(deepcopy=False, states=IN_PLAY)
     return sum(t.number < trial.number for t in trials)
-
-
-def _fail(trial: optuna.Trial, reason: str, message: str, **attrs: Any) -> None:
-    trial.set_user_attr("stop_reason", reason)
-    trial.set_user_attr("fail_reason", message)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)

@@ -77,12 +77,20 @@ def save_all(
     return written
 
 
+def _labels(imp: pd.DataFrame) -> list[str]:
+    """Parameter names, with the condition each was scored in when there are several
+    (importances compare only within one condition, hpo.importance)."""
+    if "scope" not in imp or imp["scope"].nunique() < 2:
+        return list(imp.index)
+    return [f"{name} [{scope}]" for name, scope in zip(imp.index, imp["scope"], strict=True)]
+
+
 def _importance_plotly(imp: pd.DataFrame) -> go.Figure:
     imp = imp.iloc[::-1]  # most important at the top
     fig = go.Figure(
         go.Bar(
             x=imp["importance"],
-            y=imp.index,
+            y=_labels(imp),
             orientation="h",
             error_x={
                 "type": "data",
@@ -102,7 +110,7 @@ def _importance_mpl(imp: pd.DataFrame):
     imp = imp.iloc[::-1]
     _, ax = plt.subplots(figsize=(7, 0.5 * len(imp) + 1.5))
     ax.barh(
-        imp.index,
+        _labels(imp),
         imp["importance"],
         xerr=[imp["importance"] - imp["low"], imp["high"] - imp["importance"]],
         capsize=4,

@@ -11,7 +11,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from hpo.diagnostics import pruning_stats
 from hpo.objective import COUNTED
+from hpo.record import TrialRecord
 
 
 class Progress:
@@ -67,7 +69,7 @@ def describe(t: FrozenTrial, metric: str) -> str:
         step = t.last_step if t.last_step is not None else 0
         value = t.intermediate_values.get(step, float("nan"))
         return f"trial {t.number:>3} pruned at step {step}  {metric} {value:.4f}  {params}"
-    reason = t.user_attrs.get("fail_reason", "failed")
+    reason = TrialRecord.of(t).fail_reason or "failed"
     return f"trial {t.number:>3} failed: {reason}  {params}"
 
 
@@ -84,15 +86,42 @@ def summary(study: optuna.Study, *, target: int, wall_time_s: float) -> str:
     else:
         lines.append(f"best: trial {best.number}, value {best.value:.4f}")
         lines.extend(f"  {k} = {_fmt(v)}" for k, v in best.params.items())
-    counted = [t for t in trials if t.state in COUNTED and "steps" in t.user_attrs]
-    if counted:
-        trained = sum(t.user_attrs["steps"] for t in counted)
-        full = sum(t.user_attrs["max_steps"] for t in counted)
+    spent = pruning_stats(trials)
+    if spent["without_pruning"]:
         lines.append(
-            f"compute: {trained:,} steps trained of {full:,} without pruning "
-            f"({1 - trained / full:.0%} saved by pruning)"
+            f"compute: {spent['trained']:,} {spent['unit']} trained of "
+            f"{spent['without_pruning']:,} without pruning ({spent['saved']:.0%} saved by pruning)"
         )
+    fit = gpu_fit(trials)
+    if fit:
+        lines.append(fit)
     return "\n".join(lines)
+
+
+# what each worker process holds on its GPU besides its tensors (the CUDA context, cuBLAS
+# workspaces): about half a GiB on recent GPUs
+CUDA_CONTEXT_MB = 512
+
+
+def gpu_fit(trials: Sequence[FrozenTrial]) -> str | None:
+    """How many trials of the largest size seen share one GPU: the most memory a trial took
+    (system/peak_mem_mb at its last evaluation) against the GPU's total."""
+    peaks = []
+    for t in trials:
+        record = TrialRecord.of(t)
+        total = (record.manifest or {}).get("device_memory_mb")
+        peak = record.metrics.get("system/peak_mem_mb")
+        if total and peak:
+            peaks.append((peak, total, t.number, record.manifest.get("device_name", "GPU")))
+    if not peaks:
+        return None
+    peak, total, number, name = max(peaks)
+    fits = int(total // (peak + CUDA_CONTEXT_MB))
+    return (
+        f"GPU memory: at most {peak:,.0f} MiB per trial (trial {number}); a {total:,.0f} MiB "
+        f"{name} fits about {fits} such trials, each process with its CUDA context "
+        f"(--trials-per-gpu {fits})"
+    )
 
 
 def _fmt(v) -> str:

@@ -17,19 +17,26 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.budget import resource
 from hpo.errors import HPOError
-from hpo.manifest import trial_manifest
+from hpo.flags import stored_name
+from hpo.manifest import result_manifest
+from hpo.record import TrialRecord
 from hpo.storage import load_existing_study
-from trainers import StopTraining, TrainConfig, TrainerError, UsageError, train
+from hpo.study_spec import StudySpec
+from trainers import StopTraining, TrainConfig, TrainerError, TrainResult, UsageError, train
+from trainers.device import device_name
 
-GPU_TOLERANCE = 1e-2  # relative; bf16 autocast runs differ by ~0.1% in loss from run to run
+# Relative, for a replay that cannot be bit-exact (GPU kernels that were not deterministic, or
+# another device): below the seed-to-seed differences hpo.validate calls real (0.3% of the loss
+# and up), so a replay within it cannot hide one. To be measured on a GPU (benchmarks/gpu.md).
+GPU_TOLERANCE = 1e-3
 UNCOMPARED = ("system/",)  # throughput and memory: measured, not computed
 ENVIRONMENT = [  # (label, path in the manifest): what is listed when it differs
     ("corpus fingerprint", ("data", "fingerprint")),
@@ -117,14 +124,8 @@ def replay_trial(
     """Train trial `number` again from its manifest and compare. Raises HPOError for a trial
     that cannot be replayed (unknown, running, no manifest, its corpus gone)."""
     t = find_trial(study, number)
-    if t.state in (TrialState.RUNNING, TrialState.WAITING):
-        raise HPOError(f"trial {number} of {study.study_name!r} is still running")
-    manifest = t.user_attrs.get("manifest")
-    if not manifest:
-        why = t.user_attrs.get("fail_reason", t.state.name.lower())
-        raise HPOError(
-            f"trial {number} of {study.study_name!r} stored no manifest to replay from ({why})"
-        )
+    record = TrialRecord.of(t)
+    manifest = _manifest_of(study, t, record)
     if tolerance is not None and not tolerance >= 0:
         raise HPOError(f"--tolerance must be a non-negative number, but got {tolerance}")
     stored_device = str(manifest.get("device", "cpu")).split(":")[0]
@@ -134,51 +135,83 @@ def replay_trial(
             f"trial {number} ran on {stored_device}, and this machine has no CUDA GPU; add "
             "--device cpu to replay it on the CPU (compared within --tolerance)"
         )
-    exact = device == "cpu" and stored_device == "cpu"
+    # CPU kernels are deterministic for a given thread count; GPU ones only in deterministic
+    # mode, on the same GPU model. The replay runs in the mode the trial ran in.
+    same_gpu = manifest.get("device_name") == device_name(torch.device(device))
+    exact = device == stored_device and (
+        device == "cpu" or (bool(manifest.get("deterministic")) and same_gpu)
+    )
     tolerance = tolerance if tolerance is not None else (0.0 if exact else GPU_TOLERANCE)
     try:
-        cfg = TrainConfig.from_dict(manifest["config"]).with_overrides(
-            {"train.device": device, "train.deterministic": True}
-        )
+        cfg = TrainConfig.from_dict(manifest["config"]).with_overrides({"train.device": device})
     except UsageError as e:
         raise HPOError(f"trial {number}'s manifest holds a config this code rejects: {e}") from None
-    metric = study.user_attrs.get("hpo.spec", {}).get("objective", {}).get("metric", "val/loss")
-    stop_at = t.user_attrs.get("steps", manifest.get("steps"))
+    stop_at = record.steps if record.steps is not None else manifest.get("steps")
     threads = manifest.get("threads") or torch.get_num_threads()
 
     def report(step: int, metrics: dict[str, float]) -> None:
         if stop_at is not None and step >= stop_at:
             raise StopTraining("replayed")  # where the trial stopped (pruned: the pruner's step)
 
-    state = t.state.name.lower()
     stopped = f"stopped at step {stop_at} of {cfg.train.max_steps}" if stop_at else ""
+    mode = "deterministic" if cfg.train.deterministic else "default kernels"
     header = (
-        f"replay of trial {number} of study {study.study_name!r} ({state}, {stopped}) on "
-        f"{device}, {threads} thread(s), deterministic; "
+        f"replay of trial {number} of study {study.study_name!r} ({t.state.name.lower()}, "
+        f"{stopped}) on {device}, {threads} thread(s), {mode} as the trial ran; "
         + ("exact comparison" if tolerance == 0 else f"relative tolerance {tolerance:g}")
     )
+    if not exact and device != "cpu":
+        header += " (for bit-exact GPU replays, tune with --set train.deterministic=true)"
     start = time.perf_counter()
     result = _train(cfg, report, threads)
     out = Replay(study.study_name, number, header, tolerance)
     out.wall_time_s = time.perf_counter() - start
+    out.rows = _compare(study, t, record, cfg, result, tolerance)
+    out.environment = environment_differences(manifest, result_manifest(cfg, result))
+    return out
+
+
+def _manifest_of(study: optuna.Study, t: FrozenTrial, record: TrialRecord) -> dict[str, Any]:
+    """The manifest a finished trial stored, or HPOError saying why there is none."""
+    if t.state in (TrialState.RUNNING, TrialState.WAITING):
+        raise HPOError(f"trial {t.number} of {study.study_name!r} is still running")
+    if not record.manifest:
+        why = record.fail_reason or t.state.name.lower()
+        raise HPOError(
+            f"trial {t.number} of {study.study_name!r} stored no manifest to replay from ({why})"
+        )
+    return record.manifest
+
+
+def _compare(
+    study: optuna.Study,
+    t: FrozenTrial,
+    record: TrialRecord,
+    cfg: TrainConfig,
+    result: TrainResult,
+    tolerance: float,
+) -> list[Row]:
+    """Every evaluation, the final metrics, the steps and the trial's value, side by side."""
+    rows: list[Row] = []
 
     def compare(what: str, stored: Any, replayed: Any) -> None:
-        out.rows.append(Row(what, stored, replayed, _close(stored, replayed, tolerance)))
+        rows.append(Row(what, stored, replayed, _close(stored, replayed, tolerance)))
 
-    replayed_values = {row["step"]: row[metric] for row in result.history}
-    for step in sorted(set(t.intermediate_values) | set(replayed_values)):
-        compare(f"{metric} @ step {step}", t.intermediate_values.get(step),
-                replayed_values.get(step))  # fmt: skip
-    stored_final = t.user_attrs.get("metrics", {})
-    for key in sorted(set(stored_final) | set(result.metrics)):
+    metric = study.user_attrs.get("hpo.spec", {}).get("objective", {}).get("metric", "val/loss")
+    # a trial reports at the study's fixed-shape step with as many tokens seen (hpo.budget)
+    spec = study.user_attrs.get("hpo.spec")
+    base = StudySpec(**spec).train_config(study.user_attrs.get("hpo.sets", {})) if spec else cfg
+    replayed = {resource(row["step"], cfg, base): row[metric] for row in result.history}
+    for step in sorted(set(t.intermediate_values) | set(replayed)):
+        compare(f"{metric} @ step {step}", t.intermediate_values.get(step), replayed.get(step))
+    for key in sorted(set(record.metrics) | set(result.metrics)):
         if not key.startswith(UNCOMPARED):
-            compare(f"final {key}", stored_final.get(key), result.metrics.get(key))
-    compare("steps", t.user_attrs.get("steps"), result.steps)
-    if t.state == TrialState.COMPLETE and replayed_values:
+            compare(f"final {key}", record.metrics.get(key), result.metrics.get(key))
+    compare("steps", record.steps, result.steps)
+    if t.state == TrialState.COMPLETE and replayed:
         pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-        compare("trial value", t.value, pick(replayed_values.values()))
-    out.environment = environment_differences(manifest, trial_manifest(cfg, result))
-    return out
+        compare("trial value", t.value, pick(replayed.values()))
+    return rows
 
 
 def environment_differences(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -198,13 +231,11 @@ def environment_differences(stored: dict[str, Any], now: dict[str, Any]) -> list
 
 def replay_main(args: argparse.Namespace) -> int:
     """`hpo.run --replay TRIAL`: print the comparison; exit 0 (match), 1 (differs), 2 (input)."""
-    name = args.study_name or Path(args.study).stem
+    study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
     try:
-        study = load_existing_study(name, args.storage)
         rep = replay_trial(study, args.replay, device=args.device, tolerance=args.tolerance)
-    except (HPOError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UsageError:
+        raise  # bad input takes the commands' error path: one line, exit code 2
     except TrainerError as e:  # the replay diverged or ran out of memory: not what was stored
         print(f"MISMATCH: the replay failed: {e}", file=sys.stderr)
         return 1

@@ -5,13 +5,20 @@ timeout, so several local workers and a dashboard share one file without "databa
 Every trial sends a heartbeat. A trial whose worker died (killed, crashed, preempted) goes
 silent; the next worker to look marks it failed with that reason and queues a retry of the same
 parameters, which resumes from the dead trial's last checkpoint (hpo.objective).
+
+A PostgreSQL password never stays in the URL the storage keeps (Ray pickles storages into its
+experiment folder): it goes to libpq through PGPASSWORD, as ~/.pgpass would. A server that
+restarts under a running study is waited for (HPO_STORAGE_RETRY_S, default 120 s); past that,
+the command ends with one line and the running trial is retried when the study resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -19,8 +26,12 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 
+from hpo import record as records
 from hpo.errors import HPOError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
 # A trial silent for the grace period has lost its worker. Environment overrides are for tests
@@ -28,7 +39,9 @@ DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
 HEARTBEAT_INTERVAL_S = int(os.environ.get("HPO_HEARTBEAT_S", 20))
 GRACE_PERIOD_S = int(os.environ.get("HPO_GRACE_S", 90))
 MAX_RETRIES = 3  # a trial that kills its worker every time is not retried forever
-OUTCOME_ATTRS = ("stop_reason", "fail_reason")  # what a retry must not inherit from its origin
+STORAGE_RETRY_S = float(os.environ.get("HPO_STORAGE_RETRY_S", 120))
+STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+_reached: set[str] = set()  # PostgreSQL servers this process has connected to once
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
@@ -39,14 +52,71 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def _postgres_connect(conninfo: str):
+    """A psycopg connection. A server this process has reached before and that now refuses
+    (restarting, failing over) is retried for STORAGE_RETRY_S; a first connection fails at once,
+    so a wrong URL is reported in seconds."""
+    import psycopg
+
+    deadline, delay = time.monotonic() + STORAGE_RETRY_S, 0.5
+    while True:
+        try:
+            db = psycopg.connect(conninfo)
+        except psycopg.OperationalError:
+            if conninfo not in _reached or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+            continue
+        _reached.add(conninfo)
+        return db
+
+
 class RetryCrashedTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial (same parameters, its intermediate values inherited),
-    minus the dead trial's outcome attributes, which describe the crash, not the retry."""
+    minus the dead trial's record, which describes the crash, not the retry (the retry writes
+    its own, retry_of included)."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != records.ATTR}
         super().__call__(study, trial)
+
+
+class Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat survives a database hiccup: a beat that cannot be
+    written is skipped (the grace period is several beats long), instead of killing Optuna's
+    heartbeat thread, after which a trial still training would look dead to other workers."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except STORAGE_ERRORS as e:
+            # said once per trial: a storage that stays away is reported by the main thread
+            level = logging.DEBUG if trial_id in self._missed else logging.WARNING
+            self._missed.add(trial_id)
+            log.log(level, "missed a heartbeat of trial id %d: %s", trial_id, first_line(e))
+
+    @functools.cached_property
+    def _missed(self) -> set[int]:
+        return set()
+
+
+def storage_failure(e: BaseException | None) -> BaseException | None:
+    """The storage error behind `e`, if there is one. Optuna 5.0 can raise another error on
+    top of it: when a trial's final tell fails, its _run_trial ends in an UnboundLocalError."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, STORAGE_ERRORS):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def first_line(e: BaseException) -> str:
+    lines = str(getattr(e, "orig", None) or e.__cause__ or e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def fail_crashed_trials(study: optuna.Study) -> None:
@@ -62,12 +132,12 @@ def fail_crashed_trials(study: optuna.Study) -> None:
         f"crashed: its worker sent no heartbeat for over {GRACE_PERIOD_S}s "
         "(killed, out of host memory, or its machine went away)"
     )
+    # Optuna has no public call for the stale trials themselves, only one that fails them
     for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try:
-            storage.set_trial_user_attr(trial_id, "stop_reason", "crashed")
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker got there first
+        number = storage.get_trial(trial_id).number
+        # another worker may have failed it first: a finished trial refuses the write
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            records.update(study, number, stop_reason=records.CRASHED, fail_reason=reason)
     optuna.storages.fail_stale_trials(study)
 
 
@@ -85,11 +155,24 @@ def masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the storage at `url`. Raises HPOError with the reason."""
+def public_url(url: str) -> str:
+    """The URL without its password: safe to print and to write down, and still a URL that
+    works where the password comes from PGPASSWORD, ~/.pgpass or $HPO_STORAGE."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open the storage at `url` (create=False: an SQLite file must exist already, so that a
+    mistyped path is refused instead of left behind empty). Raises HPOError with the reason."""
+    url = _with_known_password(url)
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise HPOError(
+                f"no SQLite database at {str(path)!r}: check --storage or $HPO_STORAGE "
+                "(hpo.run creates it)"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(
@@ -107,12 +190,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         engine_kwargs["pool_pre_ping"] = True  # a database restarted under a long study
     engine_url = url
-    if url.startswith(("postgresql://", "postgres://")):
-        # psycopg 3, whatever SQLAlchemy's default PostgreSQL driver (psycopg2 before 2.1)
-        engine_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        engine_url, conninfo = _postgres_urls(url)
+        engine_kwargs["creator"] = functools.partial(_postgres_connect, conninfo)
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(
+            return Storage(
                 engine_url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
@@ -135,6 +218,27 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     raise _storage_error(url, error)
 
 
+def _postgres_urls(url: str) -> tuple[str, str]:
+    """(SQLAlchemy URL, libpq conninfo), both without the password, which moves to PGPASSWORD.
+    The driver is psycopg 3, whatever SQLAlchemy's default (psycopg2 before 2.1)."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.password:
+        os.environ["PGPASSWORD"] = str(parsed.password)  # the URL's own beats an older one
+    # URL.set ignores a None; URL is a NamedTuple, whose _replace does not
+    public = parsed._replace(password=None)
+    return (
+        public.set(drivername="postgresql+psycopg").render_as_string(hide_password=False),
+        public.set(drivername="postgresql").render_as_string(hide_password=False),
+    )
+
+
+def _with_known_password(url: str) -> str:
+    """$HPO_STORAGE when it is `url` plus a password: what a URL read back from a file (which
+    never holds the password) needs to connect."""
+    env = os.environ.get("HPO_STORAGE", "")
+    return env if env != url and public_url(env) == url else url
+
+
 def _storage_error(url: str, e: Exception) -> HPOError:
     """sqlalchemy's errors for bad URLs, missing drivers, refused connections: one line."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -153,17 +257,41 @@ def last_study() -> dict | None:
 
 
 def load_existing_study(name: str | None, url: str | None) -> optuna.Study:
-    """The named study (default: the one run last) from `url`; HPOError if there is none."""
+    """The named study (default: the one run last) from `url` (default: $HPO_STORAGE, else the
+    storage of the study run last, else the default); HPOError if there is none."""
     last = last_study() or {}
     name = name or last.get("study_name")
-    url = storage_url(url or (last.get("storage") if name == last.get("study_name") else None))
     if not name:
         raise HPOError("no study given and none run here yet: pass --study NAME")
-    storage = open_storage(url)
+    if url is None and not os.environ.get("HPO_STORAGE") and name == last.get("study_name"):
+        url = last.get("storage")
+    url = storage_url(url)
+    storage = open_storage(url, create=False)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         raise HPOError(
-            f"no study {name!r} in {masked(url)}; studies there: {', '.join(names) or 'none'}"
+            f"no study {name!r} in {public_url(url)}; studies there: {', '.join(names) or 'none'}"
         ) from None
+
+
+def remember_last_study(name: str, url: str, spec_path: str) -> None:
+    """So that `hpo.validate` and `hpo.analyze` default to the study run last. The storage is
+    written without its password."""
+    try:
+        runs_dir().mkdir(parents=True, exist_ok=True)
+        (runs_dir() / "last_study.json").write_text(
+            json.dumps({"study_name": name, "storage": public_url(url), "study": spec_path})
+        )
+    except OSError:
+        pass
+
+
+def lost_storage(url: str, e: BaseException) -> str:
+    """One line for a storage that went away mid-study (after STORAGE_RETRY_S of retries)."""
+    return (
+        f"lost the storage {masked(url)} ({first_line(e)}); finished trials are safe in it: "
+        "rerun the same command once it is back, and the trial that was running is retried "
+        "from its checkpoint"
+    )

@@ -10,7 +10,7 @@ from trainers import TrainConfig
 
 
 def make_sampler(
-    spec: StudySpec, *, name: str, seed: int, n_workers: int, worker: int, n_existing: int
+    spec: StudySpec, *, name: str, seed: int, worker: int, n_existing: int
 ) -> optuna.samplers.BaseSampler:
     """Each worker, and each resumed run, gets its own seed derived from the study seed.
 
@@ -20,14 +20,16 @@ def make_sampler(
     n_startup = spec.sampler.n_startup_trials
     if name == "tpe":
         # multivariate + group: models parameters jointly and handles conditional ones (the
-        # betas exist only for Adam); constant liar keeps parallel workers from piling onto
-        # the same point while their trials run.
+        # betas exist only for Adam). The constant liar counts other workers' running trials as
+        # bad, so that they do not pile onto one point. It is on whatever this process knows of
+        # the study's workers (others may join from any machine); with one worker there are no
+        # other running trials and it changes nothing (Optuna 5's default too).
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=n_startup,
             multivariate=True,
             group=True,
-            constant_liar=n_workers > 1,
+            constant_liar=True,
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -42,7 +44,7 @@ def make_sampler(
 
 def make_pruner(spec: StudySpec, *, name: str, cfg: TrainConfig) -> optuna.pruners.BasePruner:
     """Resources are training steps: one evaluation interval at least, max_steps at most."""
-    min_resource = spec.pruner.min_resource or cfg.train.eval_interval
+    min_resource = spec.min_resource(cfg)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=min_resource,

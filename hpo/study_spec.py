@@ -16,8 +16,10 @@ key, every search-space bound, by dry-running the spaces in memory) before anyth
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import optuna
 import pydantic
@@ -43,6 +45,18 @@ class _Strict(BaseModel):
 class ObjectiveSpec(_Strict):
     metric: Literal[METRICS] = "val/loss"  # type: ignore[valid-type]
     direction: Literal["minimize", "maximize"] = "minimize"
+
+    @property
+    def minimize(self) -> bool:
+        return self.direction == "minimize"
+
+    def best(self, values: Iterable[float]) -> float:
+        return min(values) if self.minimize else max(values)
+
+    @property
+    def worst(self) -> float:
+        """Worse than any value a trial can report."""
+        return math.inf if self.minimize else -math.inf
 
 
 class SamplerSpec(_Strict):
@@ -110,6 +124,10 @@ class StudySpec(_Strict):
     name: str = ""  # filled from the file name
     path: str = ""
 
+    def min_resource(self, cfg: TrainConfig) -> int:
+        """The first rung of a pruner or scheduler, in steps: one evaluation unless set."""
+        return self.pruner.min_resource or cfg.train.eval_interval
+
     def train_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
         """Defaults <- study.trainer <- --set (the fixed part of every trial's config)."""
         return TrainConfig().with_overrides(self.trainer).with_overrides(sets or {})
@@ -145,7 +163,13 @@ def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudyS
     """Find, parse and fully check a study. Raises HPOError with one line saying what is wrong."""
     path = resolve_study_path(study)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise HPOError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the study as UTF-8"
+        ) from None
+    except OSError as e:
+        raise HPOError(f"{path}: cannot read the study: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -163,7 +187,11 @@ def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudyS
             internal = ("name", "path") if len(err["loc"]) == 1 else ()  # filled in, not written
             valid = ", ".join(f for f in _fields_at(err["loc"][:-1]) if f not in internal)
             raise HPOError(f"{path}: unknown key {key!r}; valid keys here: {valid}") from None
-        raise HPOError(f"{path}: {key}: {err['msg']}, but got {err.get('input')!r}") from None
+        if err["type"] == "missing":
+            raise HPOError(f"{path}: missing required key {key!r}") from None
+        got = repr(err.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."  # never the whole study back
+        raise HPOError(f"{path}: {key}: {err['msg']}, but got {got}") from None
     _check(spec, path, sets)
     return spec
 
@@ -199,14 +227,53 @@ def _check(spec: StudySpec, path: Path, sets: dict[str, Any] | None) -> None:
             if bound not in accepted or bound == "trial":
                 valid = ", ".join(p for p in accepted if p != "trial")
                 raise HPOError(f"{path}: unknown bound {name}.{bound}; valid for {name}: {valid}")
-    # Dry-run the spaces in memory, enough times to visit their conditional branches: every
-    # bound is checked and every sampled config must be one the trainer accepts.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dry = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(16):
-        trial = dry.ask()
-        try:
-            base.with_overrides(search_spaces.suggest(trial, spec.search_space))
-        except (ValueError, UsageError) as e:
-            raise HPOError(f"{path}: search_space: {e}") from None
-        dry.tell(trial, 0.0)
+    # A --set on a key the space samples would have trained a value other than the trial's
+    # recorded one. (The study's own `trainer:` value of such a key stays meaningful: the
+    # baseline starts from it, and it is the shape hpo.budget scales the step budget from.)
+    try:
+        owners = dry_run(spec, base).owners
+    except (ValueError, UsageError) as e:
+        raise HPOError(f"{path}: search_space: {e}") from None
+    _refuse_fixing_tuned_keys(owners, sets or {}, "--set")
+
+
+class DryRun(NamedTuple):
+    owners: dict[str, str]  # config key -> the space that sets it
+    distributions: dict[str, optuna.distributions.BaseDistribution]  # every parameter
+
+
+def dry_run(spec: StudySpec, base: TrainConfig | None = None, samples: int = 32) -> DryRun:
+    """Run the spaces in memory, enough times to visit their conditional branches: every bound
+    is checked and every sampled config must be one the trainer accepts (ValueError or
+    UsageError otherwise). Says which space sets each config key, and each parameter's
+    distribution."""
+    base = base or spec.train_config()
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))  # no "study created"
+    try:
+        dry = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        out = DryRun({}, {})
+        for _ in range(samples):
+            trial = dry.ask()
+            overrides: dict[str, Any] = {}
+            for name, bounds in spec.search_space.items():
+                sampled = search_spaces.suggest(trial, {name: bounds})
+                out.owners.update(dict.fromkeys(sampled, name))
+                overrides.update(sampled)
+            base.with_overrides(overrides)
+            out.distributions.update(trial.distributions)
+            dry.tell(trial, 0.0)
+        return out
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _refuse_fixing_tuned_keys(owners: dict[str, str], fixed: dict[str, Any], where: str) -> None:
+    """A key the search space sets must not be fixed elsewhere as well: one of the two values
+    would be trained while the trial records the other."""
+    for key in fixed:
+        if key in owners:
+            raise HPOError(
+                f"{where} {key} is set by the search space {owners[key]!r} in every trial; "
+                f"change its bounds instead (search_space.{owners[key]} in the study YAML)"
+            )

@@ -26,17 +26,18 @@ from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
 import search_spaces
-from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
-from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
+from hpo.flags import add_storage_flag, add_study_flags, stored_name
+from hpo.record import TrialRecord
+from hpo.stats import ADVISED_PAIRS, MIN_PAIRS, smallest_p
 from hpo.storage import load_existing_study, runs_dir
 from hpo.study_spec import TRACKERS, StudySpec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracker_for
-from trainers import TrainConfig, TrainerError, score_checkpoint, train
+from hpo.validation_report import ATTR, report, write_report
+from trainers import TrainConfig, preflight, score_checkpoint, train
+from trainers.cli import run_cli
 
 SEED_BASE = 1000  # validation seeds are 1000, 1001, ...: never the tuning seed
-MIN_SEEDS_ADVISED = 5
-ATTR = "hpo.validate"
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def configs_to_validate(
 
 def trial_config(t: optuna.trial.FrozenTrial, spec: StudySpec, sets: dict[str, Any]) -> TrainConfig:
     """The config the trial trained: from its manifest, or rebuilt from its parameters."""
-    if "manifest" in t.user_attrs:
-        return TrainConfig.from_dict(t.user_attrs["manifest"]["config"])
+    manifest = TrialRecord.of(t).manifest
+    if manifest is not None:
+        return TrainConfig.from_dict(manifest["config"])
     overrides = search_spaces.suggest(FixedTrial(t.params, t.number), spec.search_space)
     return spec.train_config().with_overrides(overrides).with_overrides(sets)
 
@@ -108,6 +110,8 @@ def run_job(job: Job) -> tuple[str, dict[str, Any]]:
     return job.key, {
         "seed": job.seed,
         "val/loss": result.best_val_loss,
+        # bits per byte is loss scaled by a constant of the split: best at the same evaluation
+        "val/bpb": min(row["val/bpb"] for row in result.history),
         **scores,
         "best_step": result.best_step,
         "steps": result.steps,
@@ -173,111 +177,10 @@ def validate(
     return {label: sorted(rows, key=lambda r: r["seed"]) for label, rows in per_config.items()}
 
 
-def report(study: optuna.Study, per_config: dict[str, list[dict]]) -> dict:
-    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
-    base = per_config["baseline"]
-    out: dict[str, Any] = {
-        "study": study.study_name,
-        "seeds": len(base),
-        "configs": {},
-        "comparisons": {},
-    }
-    for label, rows in per_config.items():
-        out["configs"][label] = {
-            m: summarize([r[m] for r in rows]) for m in ("test/loss", "test/bpb", "val/loss")
-        }
-    labels = [label for label in per_config if label != "baseline"]
-    for label in labels:
-        cmp = compare_paired(
-            [r["test/loss"] for r in per_config[label]], [r["test/loss"] for r in base]
-        )
-        cmp["verdict"] = verdict(cmp, minimize=minimize)
-        number = int(label.removeprefix("trial_"))
-        tuned = study.trials[number].value
-        cmp["tuning_val_loss"] = tuned
-        cmp["multi_seed_val_loss"] = out["configs"][label]["val/loss"]["mean"]
-        cmp["winners_optimism"] = cmp["multi_seed_val_loss"] - tuned
-        out["comparisons"][label] = cmp
-    for label, p in zip(
-        labels, adjust_pvalues([out["comparisons"][x]["p_value"] for x in labels]), strict=True
-    ):
-        out["comparisons"][label]["p_adjusted"] = p
-    return out
-
-
-def markdown(rep: dict) -> str:
-    lines = [
-        f"{VALIDATION_HEADING} ({rep['seeds']} paired seeds)",
-        "",
-        "| config | test loss (mean ± sd) | 95% CI | test bpb | val loss |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for label, s in rep["configs"].items():
-        t = s["test/loss"]
-        lines.append(
-            f"| {label} | {t['mean']:.4f} ± {t['std']:.4f} "
-            f"| [{t['ci_low']:.4f}, {t['ci_high']:.4f}] "
-            f"| {s['test/bpb']['mean']:.4f} | {s['val/loss']['mean']:.4f} |"
-        )
-    for label, c in rep["comparisons"].items():
-        lines += [
-            "",
-            f"**{label} vs baseline**: test loss difference {c['mean_diff']:+.4f} "
-            f"(95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]), "
-            f"permutation p = {c['p_value']:.4f} (BH-adjusted {c['p_adjusted']:.4f}), "
-            f"Cohen's d = {c['cohens_d']:+.2f}: {c['verdict']}.",
-            f"Winner's optimism: tuning measured val loss {c['tuning_val_loss']:.4f} on one seed; "
-            f"over {rep['seeds']} seeds it averages {c['multi_seed_val_loss']:.4f} "
-            f"({c['winners_optimism']:+.4f}).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(per_config: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, rows in enumerate(per_config.values()):
-        values = [r["test/loss"] for r in rows]
-        s = summarize(values)
-        ax.scatter([i] * len(values), values, alpha=0.6)
-        ax.errorbar(
-            [i + 0.15],
-            [s["mean"]],
-            yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]],
-            fmt="o",
-            color="black",
-            capsize=5,
-        )
-    ax.set_xticks(range(len(per_config)), list(per_config))
-    ax.set_ylabel("test loss (nats/token)")
-    ax.set_title("Per-seed test loss, mean and 95% BCa interval")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def attach(study: optuna.Study, rep: dict, out: Path) -> None:
-    """User attr, artifacts and a section of the study's note, for the dashboard."""
-    import optuna_dashboard
-
-    study.set_user_attr(f"{ATTR}.report", json.loads(json.dumps(rep, default=float)))
-    upload(study, [out / "validation.png", out / "validation.md"])
-    note = optuna_dashboard.get_note(study) or ""
-    note = note.split(VALIDATION_HEADING)[0].rstrip()
-    optuna_dashboard.save_note(
-        study, (note + "\n\n" if note else "") + (out / "validation.md").read_text()
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpo.validate", description=__doc__.split("\n")[0])
-    p.add_argument("--study", help="study name (default: the one run last here)")
-    p.add_argument(
-        "--storage", help="database URL (default: $HPO_STORAGE or sqlite:///runs/hpo.db)"
-    )
+    add_study_flags(p)
+    add_storage_flag(p)
     p.add_argument(
         "--seeds", type=int, default=10, help="paired seeds per config (at least 2; 10 advised)"
     )
@@ -293,69 +196,62 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tracking-uri", metavar="URI", help="MLflow tracking URI, or W&B's folder for run files"
-    )  # fmt: skip
-    args = p.parse_args(argv)
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    interrupted = "interrupted: finished seeds are stored; rerun the same command to continue"
+    return run_cli(lambda: _validate(args), interrupted=interrupted)
+
+
+def _validate(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if args.seeds < 2:
-            raise HPOError(
-                f"--seeds must be at least 2 to measure seed-to-seed noise, but got {args.seeds}"
-            )
-        if args.workers < 1 or args.top_k < 1:
-            raise HPOError("--workers and --top-k must be at least 1")
-        study = load_existing_study(args.study, args.storage)
-        configs = configs_to_validate(study, trial=args.trial, top_k=args.top_k)
-        spec_tracking = study.user_attrs["hpo.spec"].get("tracking") or {}
-        tracking = resolve_tracking(
-            args.tracking or spec_tracking.get("backend"),
-            uri=args.tracking_uri or spec_tracking.get("uri"),
-            project=spec_tracking.get("project"),
-            study=study.study_name,
+    if args.seeds < 2:
+        raise HPOError(
+            f"--seeds must be at least 2 to measure seed-to-seed noise, but got {args.seeds}"
         )
-    except HPOError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    tracker = make_tracker(tracking)  # a failure warns once; validation goes on untracked
+    if args.workers < 1 or args.top_k < 1:
+        raise HPOError("--workers and --top-k must be at least 1")
+    study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
+    configs = configs_to_validate(study, trial=args.trial, top_k=args.top_k)
+    for cfg in configs.values():  # every split, the test split included, before training
+        preflight(cfg, needed=("train", "val", "test"))
+    tracker = make_tracker(_tracking(study, args))  # a failure warns once; goes on untracked
     tracking = tracker.open_study(study, study.user_attrs.get("hpo.manifest", {})) or Tracking()
-    if args.seeds < MIN_SEEDS_ADVISED:
+    if args.seeds < MIN_PAIRS:
         print(
-            f"warning: {args.seeds} seeds give a wide, unreliable interval (the BCa bootstrap "
-            "estimates bias and skew from the sample itself); "
-            f"use {MIN_SEEDS_ADVISED} or more, 10 advised",
+            f"warning: {args.seeds} paired seeds can never show a difference beyond seed-to-seed "
+            f"noise (the smallest permutation p they can give is {smallest_p(args.seeds):.3g}); "
+            f"use {MIN_PAIRS} or more, {ADVISED_PAIRS} advised",
             file=sys.stderr,
         )
-    try:
-        per_config = validate(
-            study,
-            configs,
-            seeds=args.seeds,
-            workers=args.workers,
-            progress=not args.no_progress,
-            tracking=tracking,
-        )
-    except TrainerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            "interrupted: finished seeds are stored; rerun the same command to continue",
-            file=sys.stderr,
-        )
-        return 130
-    rep = report(study, per_config)
-    out = runs_dir() / study.study_name / "validate"
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rep)
-    (out / "validation.json").write_text(json.dumps(rep, indent=2))
-    (out / "validation.md").write_text(text)
-    plot(per_config, out / "validation.png")
-    attach(study, rep, out)
-    print(text)
+    per_config = validate(
+        study,
+        configs,
+        seeds=args.seeds,
+        workers=args.workers,
+        progress=not args.no_progress,
+        tracking=tracking,
+    )
+    out = write_report(study, report(study, per_config, configs), per_config)
     print(f"report in {out}; attached to study {study.study_name!r}", file=sys.stderr)
     where = tracker.close_study(study)
     if where:
         print(where, file=sys.stderr)
     return 0
+
+
+def _tracking(study: optuna.Study, args: argparse.Namespace) -> Tracking:
+    """--tracking, else the study's own tracking settings."""
+    spec_tracking = study.user_attrs["hpo.spec"].get("tracking") or {}
+    return resolve_tracking(
+        args.tracking or spec_tracking.get("backend"),
+        uri=args.tracking_uri or spec_tracking.get("uri"),
+        project=spec_tracking.get("project"),
+        study=study.study_name,
+    )
 
 
 if __name__ == "__main__":

@@ -12,30 +12,28 @@ Checkpoints go under $HPO_RUNS_DIR (default ./runs): point it at a folder every 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
+import logging
 import sys
-import tempfile
-import time
-import zlib
-from pathlib import Path
 
-import optuna
-import yaml
-
-from hpo import run
-from hpo.errors import HPOError
-from hpo.storage import load_existing_study, storage_url
-from hpo.tracking import tracking_from_study
-
-WAIT_POLL_S = 2.0
+from hpo.flags import add_storage_flag, add_study_flags, stored_name
+from hpo.run import INTERRUPTED
+from hpo.session import JoinRequest, join_study, run_study
+from hpo.work import quiet_optuna
+from trainers.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpo.worker", description=__doc__.split("\n")[0])
-    p.add_argument("--study", required=True, help="the study's name in the storage")
-    p.add_argument("--storage", help="database URL (default: $HPO_STORAGE)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    add_study_flags(p)
+    add_storage_flag(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on this machine (default: 1, or one per visible GPU)",
+    )
+    p.add_argument(
+        "--trials-per-gpu", type=int, metavar="K", help="pack K trials on each GPU of this machine"
+    )
     p.add_argument(
         "--wait",
         type=float,
@@ -45,62 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument(
+        "--verbose", action="store_true", help="Optuna's log too (a failed trial's traceback)"
+    )
     return p
-
-
-def run_args(study: optuna.Study, url: str, spec_file: Path) -> list[str]:
-    """The `hpo.run` command line that continues the study exactly as it was started."""
-    attrs, study_name = study.user_attrs, study.study_name
-    search = attrs.get("hpo.search", {})
-    argv = [
-        "--study", str(spec_file), "--study-name", study_name, "--storage", url,
-        "--trials", str(attrs["hpo.target"]),
-        # a seed offset of its own per machine and process: workers started at the same
-        # moment must not sample the same start-up points
-        "--worker-offset", str(zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())),
-    ]  # fmt: skip
-    for flag in ("sampler", "pruner", "seed"):
-        if flag in search:
-            argv += [f"--{flag}", str(search[flag])]
-    for key, value in attrs.get("hpo.sets", {}).items():
-        argv += ["--set", f"{key}={value}"]
-    tracking = tracking_from_study(study)  # the tracker the study was started with
-    if tracking.backend != "none":
-        argv += ["--tracking", tracking.backend]
-        argv += ["--tracking-uri", tracking.uri] if tracking.uri else []
-    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    url = storage_url(args.storage)
-    deadline = time.monotonic() + args.wait
-    while True:
-        try:
-            study = load_existing_study(args.study, url)
-            if "hpo.target" in study.user_attrs or time.monotonic() >= deadline:
-                break  # created and set up by hpo.run, or we are done waiting
-        except HPOError as e:
-            if time.monotonic() >= deadline:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-        time.sleep(WAIT_POLL_S)
-    attrs = study.user_attrs
-    if "hpo.spec" not in attrs or "hpo.target" not in attrs:
-        print(
-            f"error: study {args.study!r} was not created by hpo.run (no spec stored on it); "
-            "start it with python -m hpo.run first",
-            file=sys.stderr,
-        )
-        return 2
-    spec = dict(attrs["hpo.spec"])
-    with tempfile.TemporaryDirectory(prefix="hpo-worker-") as tmp:
-        spec_file = Path(tmp) / f"{spec.pop('name') or 'study'}.yaml"  # its name is the stem
-        spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        extra = ["--workers", str(args.workers)]
-        extra += ["--timeout", str(args.timeout)] if args.timeout else []
-        extra += ["--no-progress"] if args.no_progress else []
-        return run.main([*run_args(study, url, spec_file), *extra])
+    return run_cli(lambda: _join(args), interrupted=INTERRUPTED)
+
+
+def _join(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_optuna(args.verbose)
+    request = JoinRequest(
+        study=stored_name(args.study, args.study_name),
+        storage=args.storage,
+        workers=args.workers,
+        trials_per_gpu=args.trials_per_gpu,
+        timeout=args.timeout,
+        wait=args.wait,
+        verbose=args.verbose,
+    )
+    study, plan = join_study(request)
+    return run_study(study, plan, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ A study names the spaces it uses and may override their bounds:
 
 Parameters are named after the config key they set ("optim.lr"), or after what is sampled
 when that differs ("optim.one_minus_beta1"); the overrides returned always use config keys.
+`BOUNDS` maps each numeric Optuna parameter back to the study-YAML range that sets it and the
+values that range may take (search_spaces.bounds.Bound).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import optuna
 
 from search_spaces import architecture, batch_size, optimizer, regularization, schedule
+from search_spaces.bounds import Bound
 
 SPACES: dict[str, Callable[..., dict[str, Any]]] = {
     "optimizer": optimizer.suggest,
@@ -25,6 +28,12 @@ SPACES: dict[str, Callable[..., dict[str, Any]]] = {
     "schedule": schedule.suggest,
     "regularization": regularization.suggest,
     "architecture": architecture.suggest,
+}
+# Optuna parameter name -> its declared range; names are unique across spaces
+BOUNDS: dict[str, Bound] = {
+    b.param: b
+    for module in (optimizer, batch_size, schedule, regularization, architecture)
+    for b in module.BOUNDS
 }
 
 

@@ -7,7 +7,12 @@ from typing import Any
 
 import optuna
 
-from search_spaces.bounds import check_power_of_two_range, check_range
+from search_spaces.bounds import Bound
+
+N_LAYER = Bound("architecture", "n_layer", "model.n_layer", low=1, kind="int")
+N_HEAD = Bound("architecture", "n_head", "model.n_head", low=1, kind="int")
+HEAD_SIZE = Bound("architecture", "head_size", "model.head_size_log2", low=1, kind="power_of_two")
+BOUNDS = (N_LAYER, N_HEAD, HEAD_SIZE)
 
 
 def suggest(
@@ -17,12 +22,12 @@ def suggest(
     n_head: tuple[int, int] = (2, 8),
     head_size: tuple[int, int] = (16, 64),
 ) -> dict[str, Any]:
-    n_layer = check_range("architecture.n_layer", n_layer, integer=True, log=True)
-    n_head = check_range("architecture.n_head", n_head, integer=True, log=True)
-    head_size = check_power_of_two_range("architecture.head_size", head_size)
-    layers = trial.suggest_int("model.n_layer", *n_layer)
-    heads = trial.suggest_int("model.n_head", *n_head)
+    n_layer = N_LAYER.check(n_layer)
+    n_head = N_HEAD.check(n_head)
+    head_size = HEAD_SIZE.check(head_size)
+    layers = trial.suggest_int(N_LAYER.param, *n_layer)
+    heads = trial.suggest_int(N_HEAD.param, *n_head)
     log2 = trial.suggest_int(
-        "model.head_size_log2", int(math.log2(head_size[0])), int(math.log2(head_size[1]))
+        HEAD_SIZE.param, int(math.log2(head_size[0])), int(math.log2(head_size[1]))
     )
     return {"model.n_layer": layers, "model.n_head": heads, "model.n_embd": heads * 2**log2}

@@ -2,13 +2,19 @@
 
 Each error names the space, the bound and the bad value, e.g.
 "optimizer.lr: low must be below high, but got low=0.1, high=0.01".
+
+Each space also declares its tunable ranges as `Bound`s next to its `suggest`: the study-YAML
+key, the Optuna parameter it becomes, and the hard domain of its values. The space checks its
+bounds against that declaration, and hpo.diagnostics reads the same declaration to advise a
+wider range that the space will accept.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 
 def check_range(where: str, bounds: Any, *, log: bool = False, integer: bool = False) -> tuple:
@@ -65,3 +71,57 @@ def _number(value: Any) -> Any:
             else number
         )
     return value
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One tunable [low, high] range of a search space.
+
+    `name` is both the keyword of the space's `suggest` and the key a study writes under
+    `search_space.<space>`; `param` is the Optuna parameter it is sampled as. The hard domain
+    (`low`, `high`, open or closed at each end) is what the space accepts, in the bound's own
+    units. A power-of-two bound is sampled as its base-2 exponent, so `param` counts that.
+    """
+
+    space: str
+    name: str
+    param: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    kind: Literal["float", "int", "power_of_two"] = "float"
+    log: bool = False  # sampled on a log scale
+
+    @property
+    def key(self) -> str:
+        """Where a study sets this range: search_space.optimizer.one_minus_beta1."""
+        return f"search_space.{self.space}.{self.name}"
+
+    def to_bound(self, sampled: float) -> float:
+        """A sampled value in the bound's units (2**exponent for a power of two)."""
+        return 2**sampled if self.kind == "power_of_two" else sampled
+
+    def accepts(self, value: float) -> bool:
+        """Whether `value` lies in the hard domain."""
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def domain(self) -> str:
+        """The hard domain as an interval: (0, 1), [0, 1), [1, inf)."""
+        return (
+            f"{'(' if self.low_open or math.isinf(self.low) else '['}{self.low:g}, "
+            f"{self.high:g}{')' if self.high_open or math.isinf(self.high) else ']'}"
+        )
+
+    def check(self, bounds: Any) -> tuple:
+        """A study's [low, high] for this range, checked, as a (low, high) tuple."""
+        where = f"{self.space}.{self.name}"
+        if self.kind == "power_of_two":
+            low, high = check_power_of_two_range(where, bounds)
+        else:
+            low, high = check_range(where, bounds, log=self.log, integer=self.kind == "int")
+        if not (self.accepts(low) and self.accepts(high)):
+            raise ValueError(f"{where}: must lie in {self.domain()}, but got {[low, high]}")
+        return low, high

@@ -6,7 +6,14 @@ from typing import Any
 
 import optuna
 
-from search_spaces.bounds import check_range
+from search_spaces.bounds import Bound
+
+# probabilities in [0, 1): 1 would drop (or smooth away) everything
+DROPOUT = Bound("regularization", "dropout", "model.dropout", low=0.0, high=1.0, high_open=True)
+LABEL_SMOOTHING = Bound(
+    "regularization", "label_smoothing", "train.label_smoothing", low=0.0, high=1.0, high_open=True
+)
+BOUNDS = (DROPOUT, LABEL_SMOOTHING)
 
 
 def suggest(
@@ -15,18 +22,6 @@ def suggest(
     dropout: tuple[float, float] | None = (0.0, 0.3),
     label_smoothing: tuple[float, float] | None = (0.0, 0.1),
 ) -> dict[str, Any]:
-    for where, bounds in (("dropout", dropout), ("label_smoothing", label_smoothing)):
-        if bounds is not None:
-            low, high = check_range(f"regularization.{where}", bounds)
-            if low < 0 or high >= 1:
-                raise ValueError(
-                    f"regularization.{where}: must lie in [0, 1), but got {list(bounds)}"
-                )
-    out: dict[str, Any] = {}
-    if dropout is not None:
-        out["model.dropout"] = trial.suggest_float("model.dropout", *dropout)
-    if label_smoothing is not None:
-        out["train.label_smoothing"] = trial.suggest_float(
-            "train.label_smoothing", *label_smoothing
-        )
-    return out
+    ranges = ((DROPOUT, dropout), (LABEL_SMOOTHING, label_smoothing))
+    checked = [(bound, bound.check(r)) for bound, r in ranges if r is not None]  # all, first
+    return {bound.param: trial.suggest_float(bound.param, *r) for bound, r in checked}

@@ -6,8 +6,12 @@ from typing import Any
 
 import optuna
 
-from search_spaces.bounds import check_choices, check_range
+from search_spaces.bounds import Bound, check_choices
 from trainers.config import SCHEDULES
+
+# a fraction of the peak learning rate: 0 decays to nothing, 1 does not decay at all
+MIN_LR_FRAC = Bound("schedule", "min_lr_frac", "schedule.min_lr_frac", low=0.0, high=1.0)
+BOUNDS = (MIN_LR_FRAC,)
 
 
 def suggest(
@@ -24,11 +28,7 @@ def suggest(
             f"schedule.warmup_fracs: each must be in [0, 1), but got {list(warmup_fracs)}"
         )
     if min_lr_frac is not None:
-        min_lr_frac = check_range("schedule.min_lr_frac", min_lr_frac)
-        if min_lr_frac[0] < 0 or min_lr_frac[1] > 1:
-            raise ValueError(
-                f"schedule.min_lr_frac: must lie in [0, 1], but got {list(min_lr_frac)}"
-            )
+        min_lr_frac = MIN_LR_FRAC.check(min_lr_frac)
 
     name = trial.suggest_categorical("schedule.name", names) if len(names) > 1 else names[0]
     out: dict[str, Any] = {"schedule.name": name}
@@ -39,5 +39,5 @@ def suggest(
     else:
         out["schedule.warmup_frac"] = warmup_fracs[0]
     if name != "constant" and min_lr_frac is not None:  # a constant schedule has no floor to tune
-        out["schedule.min_lr_frac"] = trial.suggest_float("schedule.min_lr_frac", *min_lr_frac)
+        out[MIN_LR_FRAC.param] = trial.suggest_float(MIN_LR_FRAC.param, *min_lr_frac)
     return out

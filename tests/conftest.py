@@ -1,16 +1,21 @@
-"""Shared fixtures: tiny configs that exercise every code path in seconds on a CPU."""
+"""Shared fixtures: tiny configs that exercise every code path in seconds on a CPU, the
+environment every command runs in, and databases on the local PostgreSQL server. Helper
+functions the tests share are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from trainers import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +45,32 @@ def tiny_cfg(cache_dir) -> TrainConfig:
             "optim.lr": 3e-3,
         }
     )
+
+
+@pytest.fixture
+def env(tmp_path, cache_dir) -> dict[str, str]:
+    """The environment a command runs in: a runs folder of the test's own."""
+    return {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+
+
+@pytest.fixture
+def ray_env(env):
+    """As `env`, with a short Ray temp folder (unix socket paths are capped at 107 bytes)."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    yield {**env, "RAY_TMPDIR": ray_tmp}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url():
+    """A database of its own for each test on the local PostgreSQL server, dropped after."""
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({e}); start it (see README)")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    # a connection of its own: the test may have restarted the server
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -69,6 +69,13 @@ def test_services_and_their_files():
     assert ".env" in (REPO / ".gitignore").read_text().split()
 
 
+def test_the_dashboard_is_published_on_this_machine_only_unless_asked():
+    (published,) = SERVICES["dashboard"]["ports"]
+    assert interpolate(published, {}) == "127.0.0.1:8080:8080"  # no login: not on every interface
+    assert interpolate(published, env_example()) == "127.0.0.1:8080:8080"
+    assert interpolate(published, {"HPO_DASHBOARD_BIND": "0.0.0.0"}) == "0.0.0.0:8080:8080"
+
+
 def test_credentials_come_from_the_env_file_only():
     text = (REPO / "docker-compose.yml").read_text()
     example = env_example()
@@ -104,6 +111,7 @@ def service_command(name: str, values: dict[str, str], tmp_path) -> tuple[list[s
     return [sys.executable, *cmd[1:]], {**os.environ, **values, **env}
 
 
+@pytest.mark.slow  # PostgreSQL and a real study
 def test_each_service_command_runs_against_local_postgres(local_env, tmp_path):
     # postgres: its health check
     check = interpolate(SERVICES["postgres"]["healthcheck"]["test"][1], {})

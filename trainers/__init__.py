@@ -13,14 +13,9 @@ from trainers.errors import (
     TrainerError,
     UsageError,
 )
-from trainers.loop import (
-    StopTraining,
-    TrainResult,
-    evaluate_split,
-    resolve_seeds,
-    score_checkpoint,
-    train,
-)
+from trainers.evaluate import evaluate_split, score_checkpoint
+from trainers.loop import StopTraining, TrainResult, resolve_seeds, train
+from trainers.preflight import preflight
 
 __all__ = [
     "ConfigError",
@@ -34,6 +29,7 @@ __all__ = [
     "UsageError",
     "evaluate_split",
     "parse_sets",
+    "preflight",
     "resolve_seeds",
     "score_checkpoint",
     "train",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,9 +49,8 @@ class ModelConfig:
     block_size: int = 64  # context length in tokens
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm (False: a little faster, as good)
-    hf_config: str = (
-        "llama"  # hf only: a model_type ("llama", "gpt2", ...) or a local checkpoint folder
-    )
+    # hf only: a model_type ("llama", "gpt2", ...) or a local checkpoint folder
+    hf_config: str = "llama"
     pretrained: bool = False  # hf only: load the weights in hf_config's folder (fine-tuning)
 
 
@@ -63,9 +63,8 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    weight_decay: float = (
-        0.1  # decoupled for adamw; applied to matrices only, never to norms/biases
-    )
+    # decoupled for adamw; applied to matrices only, never to norms/biases
+    weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 = off
 
 
@@ -290,11 +289,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, but got {value!r}")
+            return number
         if hint is str:
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise ValueError
             return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         pass
     name = getattr(hint, "__name__", str(hint))

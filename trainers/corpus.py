@@ -16,6 +16,9 @@ from pathlib import Path
 from trainers.errors import CorpusError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".tex", ".html"}
+# Real text in another encoding or with a stray bad byte stays usable; a file where more than
+# this share is not UTF-8 (or that holds NUL bytes) is binary, and training on it is a mistake.
+MAX_NON_TEXT = 0.01
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,16 @@ def _read_files(files: list[Path]) -> str:
     parts = []
     for f in files:
         try:
-            parts.append(f.read_text(encoding="utf-8", errors="replace"))
+            text = f.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
             raise CorpusError(f"cannot read corpus file {str(f)!r}: {e.strerror}") from e
+        bad = text.count("\ufffd") + text.count("\x00")
+        if "\x00" in text or bad > MAX_NON_TEXT * max(len(text), 1):
+            raise CorpusError(
+                f"corpus file {str(f)!r} is not text ({bad / max(len(text), 1):.0%} of it is not "
+                "UTF-8 or is NUL bytes): give a text file, or a folder of them"
+            )
+        parts.append(text)
     return "\n".join(parts)
 
 

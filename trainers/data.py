@@ -23,9 +23,10 @@ from trainers.errors import CorpusError
 from trainers.tokenizer import Tokenizer, tokenizer_from_state, train_tokenizer
 
 SPLITS = ("train", "val", "test")
-EVAL_BATCH_SIZE = (
-    32  # windows per evaluation batch: fixed, so it does not vary with a trial's batch size
-)
+# what a training run reads; the test split is for hpo.validate alone
+TRAINING_SPLITS = ("train", "val")
+# windows per evaluation batch: fixed, so it does not vary with a trial's batch size
+EVAL_BATCH_SIZE = 32
 CACHE_VERSION = 1
 
 
@@ -56,8 +57,11 @@ class Data:
         }
 
 
-def load_data(cfg: DataConfig, *, block_size: int) -> Data:
-    """Tokenized splits for `cfg`, from the cache when it has them. Raises CorpusError."""
+def load_data(
+    cfg: DataConfig, *, block_size: int, needed: tuple[str, ...] = TRAINING_SPLITS
+) -> Data:
+    """Tokenized splits for `cfg`, from the cache when it has them. Raises CorpusError when a
+    `needed` split is too short for one context window."""
     corpus = load_corpus(cfg.corpus, max_chars=cfg.max_chars)
     key = _cache_key(corpus.fingerprint, cfg)
     path = _cache_dir(cfg) / f"{key}.npz"
@@ -66,12 +70,13 @@ def load_data(cfg: DataConfig, *, block_size: int) -> Data:
         data = _tokenize(corpus.text, cfg)
         data.fingerprint, data.corpus = corpus.fingerprint, corpus.name
         _write_cache(path, data)
-    for split in ("train", "val"):
+    for split in needed:
         n = data.tokens[split].numel()
         if n <= block_size + 1:
             raise CorpusError(
                 f"the {split} split of corpus {cfg.corpus!r} has {n} tokens, fewer than the "
-                f"context of {block_size} + 1: use a longer corpus or a smaller model.block_size"
+                f"context of {block_size} + 1: use a longer corpus, a larger {split} part of "
+                f"data.splits (now {','.join(map(str, cfg.splits))}) or a smaller model.block_size"
             )
     return data
 
@@ -157,9 +162,8 @@ class BatchSampler:
         self.tokens = tokens
         self.batch_size = batch_size
         self.block_size = block_size
-        self.generator = torch.Generator().manual_seed(
-            seed
-        )  # on the CPU: its state checkpoints anywhere
+        # on the CPU: its state checkpoints anywhere
+        self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(block_size + 1, device=tokens.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

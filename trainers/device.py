@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
+from collections.abc import Iterator
 
 import torch
 
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, OutOfMemoryError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,9 +72,17 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def device_memory_mb(device: torch.device) -> float | None:
+    """A GPU's total memory (what packed trials share); None for a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        # reserved, not allocated: what the caching allocator holds, and no other process can use
+        return torch.cuda.max_memory_reserved(device) / 2**20
     # resident set size of the whole process: kilobytes on Linux, bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
@@ -86,6 +95,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in message or "can't allocate memory" in message
     )
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(device: torch.device) -> Iterator[None]:
+    """Turn the device (or host) running out of memory inside the block into OutOfMemoryError,
+    after releasing what can be released: a tuner records it and goes on to the next trial."""
+    try:
+        yield
+    except Exception as e:
+        if is_out_of_memory(e):
+            release_memory(device)
+            raise OutOfMemoryError(str(device), str(e)) from None
+        raise
 
 
 def release_memory(device: torch.device) -> None:

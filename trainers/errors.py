@@ -1,12 +1,13 @@
-"""Errors the trainer raises. Callers (hpo, the CLI) turn these into one clear line each.
-
-`UsageError`s are the user's to fix (bad config, missing corpus): a CLI prints them and exits 2.
-The others describe how a run ended abnormally, so a tuner can record the reason and go on.
+"""The project's error family. Every error raised on purpose is a TrainerError, and each
+command turns one into a single line (trainers.cli.run_cli): a UsageError (the user's to fix:
+bad config, missing corpus) exits with code 2, any other (a run that diverged, ran out of
+memory, a study that cannot go on) with code 1. hpo's own errors join the family
+(hpo.errors). A tuner records a trial's TrainerError as the reason the trial failed and goes on.
 """
 
 
 class TrainerError(Exception):
-    """Base of every error the trainer raises on purpose."""
+    """Base of every error raised on purpose, by the trainer and by hpo."""
 
 
 class UsageError(TrainerError, ValueError):
@@ -22,12 +23,15 @@ class CorpusError(UsageError):
 
 
 class DivergedError(TrainerError):
-    """The training loss became NaN or infinite at `step`."""
+    """The loss became NaN, infinite, or blew up past `limit` (a finite loss far worse than a
+    uniform guess is a run that has diverged, not a result) at `step`."""
 
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"training diverged: loss is {loss} at step {step}")
+    def __init__(self, step: int, loss: float, limit: float | None = None) -> None:
+        why = "" if limit is None else f", above {limit:.3g} (twice a uniform guess's loss)"
+        super().__init__(f"training diverged: loss is {loss:.4g} at step {step}{why}")
         self.step = step
         self.loss = loss
+        self.limit = limit
 
 
 class OutOfMemoryError(TrainerError):

@@ -4,14 +4,19 @@ Every `train.eval_interval` steps the model is measured on fixed validation wind
 `report(step, metrics)` is called; a callback stops the run early by raising `StopTraining`
 (the result then says why) or any other exception (which propagates). On CUDA the step loop
 never waits for the GPU except at log and eval points.
+
+How it reads: `train` sets up (`_setup`), continues from last.pt when there is one
+(`TrainState.resume`, trainers/state.py), then `_loop` runs `_train_step` to train.max_steps,
+and at each evaluation `_measure`s the model, records the result in the TrainState, saves a
+checkpoint and reports.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,21 +30,31 @@ from trainers import checkpoint
 from trainers import device as devices
 from trainers.config import TrainConfig
 from trainers.data import EVAL_BATCH_SIZE, BatchSampler, Data, eval_windows, load_data
-from trainers.errors import ConfigError, DivergedError, OutOfMemoryError, TrainerError
+from trainers.errors import DivergedError
+from trainers.evaluate import bits_per_byte, evaluate_split, mean_loss, score_checkpoint
 from trainers.model import build_model, count_params
+from trainers.optim import make_optimizer, make_scheduler
+from trainers.state import CHANGEABLE_ON_RESUME, TrainState
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CHANGEABLE_ON_RESUME",
+    "DIVERGENCE_FACTOR",
+    "StopTraining",
+    "TrainResult",
+    "evaluate_split",
+    "resolve_seeds",
+    "score_checkpoint",
+    "train",
+]
+
+# A loss above this multiple of a uniform guess's (log of the vocabulary size) means the run has
+# blown up: a model that has learned nothing scores 1x, and no healthy run gets anywhere near 2x.
+# The training loss is judged smoothed (an EMA over ~10 steps), so that a one-batch spike that a
+# healthy run recovers from is not taken for divergence; the validation loss as it is.
+DIVERGENCE_FACTOR = 2.0
+DIVERGENCE_SMOOTHING = 0.1
 
 Report = Callable[[int, dict[str, float]], None]
-
-# Settings a resumed run may change and still continue from its checkpoint, when the caller
-# allows it (population-based training perturbs them after copying a better run's state): the
-# new values apply from the resumed step on, to the restored weights and optimizer moments.
-CHANGEABLE_ON_RESUME = frozenset(
-    {"optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps",
-     "optim.momentum", "optim.grad_clip", "model.dropout", "train.label_smoothing",
-     "train.patience"}
-)  # fmt: skip
 
 
 class StopTraining(Exception):
@@ -103,18 +118,55 @@ def train(
     """
     cfg.validate()
     dev = devices.resolve_device(cfg.train.device)
-    try:
-        return _train(cfg, dev, report, checkpoint_dir, resume, progress, data, allow_changes)
-    except Exception as e:
-        if devices.is_out_of_memory(e):
-            devices.release_memory(dev)
-            raise OutOfMemoryError(str(dev), str(e)) from None
-        raise
-
-
-def _train(cfg, dev, report, checkpoint_dir, resume, progress, data, allow_changes) -> TrainResult:
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     t_start = time.perf_counter()
-    m, o, t = cfg.model, cfg.optim, cfg.train
+    with devices.out_of_memory_as_error(dev):
+        setup, state = _setup(cfg, dev=dev, data=data)
+        if ckpt_dir is not None and resume:
+            state.resume(ckpt_dir, cfg=cfg, allow_changes=allow_changes)
+        stop_reason = _loop(
+            state, setup=setup, cfg=cfg, report=report, ckpt_dir=ckpt_dir, progress=progress
+        )
+    return TrainResult(
+        best_val_loss=state.best_loss,
+        best_step=state.best_step,
+        metrics=state.metrics,
+        steps=state.step,
+        tokens=state.step * setup.tokens_per_step,
+        wall_time_s=time.perf_counter() - t_start,
+        # this session's steps: those before a resume took their time in another process
+        tokens_per_s=_per_second(
+            (state.step - state.resumed_from) * setup.tokens_per_step, state.train_time
+        ),
+        n_params=count_params(state.model),
+        stop_reason=stop_reason,
+        history=state.history,
+        data=setup.data.info(),
+        seeds=setup.seeds,
+        device=str(dev),
+        checkpoint=str(ckpt_dir / checkpoint.BEST) if ckpt_dir is not None else None,
+        resumed_from=state.resumed_from,
+    )
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a run trains and measures with: fixed once set up (TrainState is what changes)."""
+
+    data: Data  # on the device
+    dev: torch.device
+    seeds: dict[str, int]  # resolve_seeds
+    amp: AbstractContextManager  # autocast to train.dtype (a no-op in float32)
+    # the model, torch.compile'd when train.compile: ids (B, T) -> logits (B, T, vocab)
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    val_starts: torch.Tensor  # (eval_batches * EVAL_BATCH_SIZE,) first tokens of val windows
+    loss_limit: float  # DIVERGENCE_FACTOR x a uniform guess's loss
+    tokens_per_step: int  # train.batch_size x model.block_size
+
+
+def _setup(cfg: TrainConfig, *, dev: torch.device, data: Data | None) -> tuple[_Setup, TrainState]:
+    """Data, model, optimizer and schedule for a fresh run; each random stream seeded apart."""
+    m, t = cfg.model, cfg.train
     devices.configure(dev, deterministic=t.deterministic)
     dtype = devices.resolve_dtype(t.dtype, dev)
     seeds = resolve_seeds(cfg)
@@ -124,272 +176,202 @@ def _train(cfg, dev, report, checkpoint_dir, resume, progress, data, allow_chang
 
     torch.manual_seed(seeds["init"])
     model = build_model(m, data.vocab_size).to(dev)
-    n_params = count_params(model)
-    optimizer = _make_optimizer(model, cfg, dev)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    sampler = BatchSampler(
-        data.tokens["train"], batch_size=t.batch_size, block_size=m.block_size, seed=seeds["data"]
+    optimizer = make_optimizer(model, cfg=cfg, dev=dev)
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg=cfg),
+        scaler=torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+        sampler=BatchSampler(
+            data.tokens["train"],
+            batch_size=t.batch_size,
+            block_size=m.block_size,
+            seed=seeds["data"],
+        ),
     )
+    # dropout draws from the global generator, from here on
     torch.manual_seed(seeds["dropout"])
-    forward = torch.compile(model) if t.compile else model
-    amp = devices.autocast(dev, dtype)
-    val_starts = eval_windows(
-        data.tokens["val"], block_size=m.block_size, n_windows=t.eval_batches * EVAL_BATCH_SIZE
-    )
-
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    step, best_loss, best_step, evals_since_best, history = 0, math.inf, 0, 0, []
-    if ckpt_dir is not None and resume:
-        state = checkpoint.load(ckpt_dir / checkpoint.LAST)
-        changed = _changed_keys(state["config"], cfg) if state is not None else set()
-        if changed and not (allow_changes and changed <= CHANGEABLE_ON_RESUME):
-            log.warning("checkpoint in %s is for another config; starting fresh", ckpt_dir)
-            state = None
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            checkpoint.restore_rng(state["rng"], sampler.generator)
-            step, best_loss, best_step = state["step"], state["best_loss"], state["best_step"]
-            evals_since_best, history = state["evals_since_best"], state["history"]
-            if changed:  # load_state_dict brought back the checkpoint's lr and decay
-                _apply_optim_settings(optimizer, scheduler, cfg)
-    resumed_from = last_eval_step = step
-
-    # Loss bookkeeping lives on the device; the host reads it only every `sync_every` steps.
-    sync_every = 1 if dev.type == "cpu" else 10
-    loss_sum = torch.zeros((), device=dev)
-    loss_count = 0
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=dev)
-    train_time, tokens_per_step = 0.0, t.batch_size * m.block_size
-    stop_reason, metrics = "max_steps", {}
-    bar = tqdm(total=t.max_steps, initial=step, disable=not progress, desc="train", unit="step")
-    t_segment = time.perf_counter()
-    model.train()
-    while step < t.max_steps:
-        step += 1
-        x, y = sampler.next()
-        with amp:
-            logits = forward(x)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)),
-            y.reshape(-1),
-            label_smoothing=t.label_smoothing,
-        )
-        scaler.scale(loss).backward()
-        if o.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        loss = loss.detach()
-        first_bad_step = torch.where(
-            (first_bad_step < 0) & ~torch.isfinite(loss), step, first_bad_step
-        )
-        loss_sum += loss
-        loss_count += 1
-        is_eval = step % t.eval_interval == 0 or step == t.max_steps
-        if step % sync_every == 0 or is_eval:
-            bad = int(first_bad_step)
-            if bad >= 0:
-                bar.close()
-                raise DivergedError(bad, float("nan"))
-            bar.update(step - bar.n)
-            if progress:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if not is_eval:
-            continue
-
-        segment_time = time.perf_counter() - t_segment
-        train_time += segment_time
-        val_loss = _evaluate(forward, data.tokens["val"], val_starts, m.block_size, amp)
-        metrics = {
-            "train/loss": float(loss_sum) / loss_count,
-            "val/loss": val_loss,
-            "val/bpb": val_loss / math.log(2) / data.bytes_per_token["val"],
-            "lr": scheduler.get_last_lr()[0],
-            # throughput since the previous evaluation: steady-state speed, compile time aside
-            "system/tokens_per_s": (step - last_eval_step)
-            * tokens_per_step
-            / max(segment_time, 1e-9),
-            "system/peak_mem_mb": devices.peak_memory_mb(dev),
-        }
-        loss_sum.zero_()
-        loss_count, last_eval_step = 0, step
-        history.append({"step": step, **metrics})
-        improved = val_loss < best_loss
-        if improved:
-            best_loss, best_step, evals_since_best = val_loss, step, 0
-        else:
-            evals_since_best += 1
-        if ckpt_dir is not None:
-            _save(ckpt_dir, model, optimizer, scheduler, scaler, sampler, cfg, step, best_loss,
-                  best_step, evals_since_best, history, best=improved)  # fmt: skip
-        if progress:
-            bar.write(
-                f"step {step}: train {metrics['train/loss']:.4f}  val {val_loss:.4f}  "
-                f"bpb {metrics['val/bpb']:.3f}  {metrics['system/tokens_per_s']:,.0f} tok/s"
-            )
-        try:
-            if report is not None:
-                report(step, dict(metrics))
-        except StopTraining as stop:
-            stop_reason = stop.reason
-            break
-        if t.patience and evals_since_best >= t.patience:
-            stop_reason = "early_stopped"
-            break
-        t_segment = time.perf_counter()
-    bar.close()
-    return TrainResult(
-        best_val_loss=best_loss,
-        best_step=best_step,
-        metrics=metrics,
-        steps=step,
-        tokens=step * tokens_per_step,
-        wall_time_s=time.perf_counter() - t_start,
-        tokens_per_s=(step - resumed_from) * tokens_per_step / max(train_time, 1e-9),
-        n_params=n_params,
-        stop_reason=stop_reason,
-        history=history,
-        data=data.info(),
+    setup = _Setup(
+        data=data,
+        dev=dev,
         seeds=seeds,
-        device=str(dev),
-        checkpoint=str(ckpt_dir / checkpoint.BEST) if ckpt_dir is not None else None,
-        resumed_from=resumed_from,
+        amp=devices.autocast(dev, dtype),
+        forward=torch.compile(model) if t.compile else model,
+        val_starts=eval_windows(
+            data.tokens["val"], block_size=m.block_size, n_windows=t.eval_batches * EVAL_BATCH_SIZE
+        ),
+        loss_limit=DIVERGENCE_FACTOR * math.log(data.vocab_size),
+        tokens_per_step=t.batch_size * m.block_size,
+    )
+    return setup, state
+
+
+def _loop(
+    state: TrainState,
+    *,
+    setup: _Setup,
+    cfg: TrainConfig,
+    report: Report | None,
+    ckpt_dir: Path | None,
+    progress: bool,
+) -> str:
+    """Train from state.step to train.max_steps, evaluating every train.eval_interval steps and
+    at the last; returns why it stopped."""
+    t = cfg.train
+    # the host reads the loss only every `sync_every` steps: on a GPU that read waits for every
+    # queued kernel; on a CPU nothing is queued, so divergence is caught at once
+    sync_every = 1 if setup.dev.type == "cpu" else 10
+    meter = _LossMeter(setup.dev, limit=setup.loss_limit)
+    bar = tqdm(
+        total=t.max_steps, initial=state.step, disable=not progress, desc="train", unit="step"
+    )
+    t_segment = time.perf_counter()
+    state.model.train()
+    try:
+        while state.step < t.max_steps:
+            step_lr = _train_step(state, setup=setup, cfg=cfg, meter=meter)
+            is_eval = state.step % t.eval_interval == 0 or state.step == t.max_steps
+            if state.step % sync_every == 0 or is_eval:
+                meter.check()
+                bar.update(state.step - bar.n)
+                if progress:
+                    bar.set_postfix(loss=f"{meter.last.item():.4f}", refresh=False)
+            if not is_eval:
+                continue
+
+            seconds = time.perf_counter() - t_segment
+            state.train_time += seconds
+            metrics = _measure(
+                setup, cfg=cfg, meter=meter, step=state.step, lr=step_lr, seconds=seconds
+            )
+            improved = state.record(metrics)
+            if ckpt_dir is not None:
+                state.save(ckpt_dir, cfg=cfg, best=improved)
+            if progress:
+                bar.write(_progress_line(state.step, metrics))
+            stop_reason = _report(report, step=state.step, metrics=metrics)
+            if stop_reason is not None:
+                return stop_reason
+            if t.patience and state.evals_since_best >= t.patience:
+                return "early_stopped"
+            t_segment = time.perf_counter()
+    finally:
+        bar.close()
+    return "max_steps"
+
+
+def _train_step(state: TrainState, *, setup: _Setup, cfg: TrainConfig, meter: _LossMeter) -> float:
+    """One optimizer step on the next batch; returns the learning rate that step used."""
+    state.step += 1
+    x, y = state.sampler.next()  # (B, T) each; y is x shifted by one token
+    with setup.amp:
+        logits = setup.forward(x)  # (B, T, vocab)
+    loss = F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)),
+        y.reshape(-1),
+        label_smoothing=cfg.train.label_smoothing,
+    )
+    state.scaler.scale(loss).backward()
+    if cfg.optim.grad_clip > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    # the rate this step used, before the schedule moves on to the next one's
+    lr = state.scheduler.get_last_lr()[0]
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    meter.add(loss.detach(), step=state.step)
+    return lr
+
+
+class _LossMeter:
+    """The training loss, kept on the device so that a step never waits for the GPU: its mean
+    since the previous evaluation, and the first step at which it blew up."""
+
+    def __init__(self, dev: torch.device, *, limit: float) -> None:
+        self.limit = limit
+        self.sum = torch.zeros((), device=dev)
+        self.count = 0  # steps since the previous evaluation
+        self.last: torch.Tensor | None = None  # the latest step's loss, 0-d
+        self.smooth: torch.Tensor | None = None  # its EMA, 0-d: what divergence is judged on
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # -1: none yet
+        self.first_bad_loss = torch.zeros((), device=dev)
+
+    def add(self, loss: torch.Tensor, *, step: int) -> None:
+        """Count one step's loss (0-d, detached), without a host sync."""
+        self.last = loss
+        self.smooth = loss if self.smooth is None else self.smooth.lerp(loss, DIVERGENCE_SMOOTHING)
+        # the first step whose loss is not finite or has blown up
+        new_bad = (self.first_bad_step < 0) & (~torch.isfinite(loss) | (self.smooth > self.limit))
+        self.first_bad_step = torch.where(new_bad, step, self.first_bad_step)
+        self.first_bad_loss = torch.where(new_bad, self.smooth, self.first_bad_loss)
+        self.sum += loss
+        self.count += 1
+
+    def check(self) -> None:
+        """Raise DivergedError at the first bad step seen. Reads the device: a host sync."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            raise DivergedError(bad, float(self.first_bad_loss), self.limit)
+
+    def mean(self) -> float:
+        """The mean loss since the previous call (a host sync); counting starts anew."""
+        mean = float(self.sum) / self.count
+        self.sum.zero_()
+        self.count = 0
+        return mean
+
+
+def _measure(
+    setup: _Setup,
+    *,
+    cfg: TrainConfig,
+    meter: _LossMeter,
+    step: int,
+    lr: float,
+    seconds: float,
+) -> dict[str, float]:
+    """The evaluation after `step`: the model on the fixed validation windows, and the training
+    loss and speed over the steps `meter` counted, in `seconds`, since the previous evaluation."""
+    val_loss = mean_loss(
+        setup.forward,
+        setup.data.tokens["val"],
+        setup.val_starts,
+        block_size=cfg.model.block_size,
+        amp=setup.amp,
+    )
+    if not val_loss <= setup.loss_limit:  # NaN included
+        raise DivergedError(step, val_loss, setup.loss_limit)
+    tokens = meter.count * setup.tokens_per_step
+    return {
+        "train/loss": meter.mean(),
+        "val/loss": val_loss,
+        "val/bpb": bits_per_byte(val_loss, data=setup.data, split="val"),
+        "lr": lr,
+        # throughput since the previous evaluation: steady-state speed, compile time aside
+        "system/tokens_per_s": _per_second(tokens, seconds),
+        "system/peak_mem_mb": devices.peak_memory_mb(setup.dev),
+    }
+
+
+def _report(report: Report | None, *, step: int, metrics: dict[str, float]) -> str | None:
+    """Hand an evaluation to the caller; the reason it gave when it raised StopTraining."""
+    if report is None:
+        return None
+    try:
+        report(step, dict(metrics))
+    except StopTraining as stop:
+        return stop.reason
+    return None
+
+
+def _progress_line(step: int, metrics: dict[str, float]) -> str:
+    return (
+        f"step {step}: train {metrics['train/loss']:.4f}  val {metrics['val/loss']:.4f}  "
+        f"bpb {metrics['val/bpb']:.3f}  {metrics['system/tokens_per_s']:,.0f} tok/s"
     )
 
 
-@torch.no_grad()
-def _evaluate(model, tokens: torch.Tensor, starts: torch.Tensor, block_size: int, amp) -> float:
-    """Mean next-token loss (nats) over the windows starting at `starts`."""
-    was_training = model.training
-    model.eval()
-    offsets = torch.arange(block_size + 1, device=tokens.device)
-    total = torch.zeros((), device=tokens.device)
-    for chunk in starts.to(tokens.device).split(EVAL_BATCH_SIZE):
-        windows = tokens[chunk[:, None] + offsets]
-        with amp:
-            logits = model(windows[:, :-1])
-        total += F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1), reduction="sum"
-        )
-    model.train(was_training)
-    return float(total) / (starts.numel() * block_size)
-
-
-def evaluate_split(
-    model: torch.nn.Module, data: Data, split: str, cfg: TrainConfig
-) -> dict[str, float]:
-    """Loss and bits per byte over every non-overlapping window of `split` (e.g. "test")."""
-    dev = next(model.parameters()).device
-    tokens = data.tokens[split].to(dev)
-    starts = eval_windows(tokens, block_size=cfg.model.block_size, n_windows=None)
-    amp = devices.autocast(dev, devices.resolve_dtype(cfg.train.dtype, dev))
-    loss = _evaluate(model, tokens, starts, cfg.model.block_size, amp)
-    return {f"{split}/loss": loss, f"{split}/bpb": loss / math.log(2) / data.bytes_per_token[split]}
-
-
-def score_checkpoint(
-    cfg: TrainConfig, path: str | Path, *, split: str = "test", data: Data | None = None
-) -> dict[str, float]:
-    """Load the weights saved at `path` (a best.pt) and measure them on a whole split."""
-    state = checkpoint.load(Path(path))
-    if state is None:
-        raise TrainerError(f"no usable checkpoint at {path}")
-    dev = devices.resolve_device(cfg.train.device)
-    if data is None:
-        data = load_data(cfg.data, block_size=cfg.model.block_size)
-    model = build_model(cfg.model, data.vocab_size)
-    model.load_state_dict(state["model"])
-    return evaluate_split(model.to(dev), data.to(dev), split, cfg)
-
-
-def _make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, dev: torch.device
-) -> torch.optim.Optimizer:
-    """Weight decay on matrices only: decaying norms, biases and gains only hurts."""
-    o = cfg.optim
-    # fused Adam(W) kernels: one launch per step on CUDA, 4% more tokens/s on CPU (BENCHMARKS.md)
-    fused = dev.type in ("cuda", "cpu") or None
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
-    if o.name == "adam":  # weight decay here is L2 in the gradient, as Adam defines it
-        return torch.optim.Adam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
-    if o.nesterov and o.momentum == 0:
-        raise ConfigError("optim.nesterov needs optim.momentum > 0, but got momentum=0")
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-
-
-def _changed_keys(saved: dict[str, dict[str, Any]], cfg: TrainConfig) -> set[str]:
-    """Dotted keys whose value in a checkpoint's config differs from `cfg`."""
-    old = {f"{g}.{k}": v for g, values in saved.items() for k, v in values.items()}
-    now = cfg.flat()
-    return {k for k in old.keys() | now.keys() if old.get(k) != now.get(k)}
-
-
-def _apply_optim_settings(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig) -> None:
-    """Put cfg's optimizer settings into restored param groups (matrices first, see
-    _make_optimizer), at the restored point of the schedule."""
-    o = cfg.optim
-    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group, decay in zip(optimizer.param_groups, (o.weight_decay, 0.0), strict=True):
-        group["initial_lr"], group["lr"], group["weight_decay"] = o.lr, o.lr * factor, decay
-        if "betas" in group:
-            group["betas"], group["eps"] = (o.beta1, o.beta2), o.eps
-        if "momentum" in group:
-            group["momentum"] = o.momentum
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of optim.lr after `step` steps: linear warmup, then decay to the floor."""
-    s, max_steps = cfg.schedule, cfg.train.max_steps
-    warmup = round(s.warmup_frac * max_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if s.name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if s.name == "cosine" else 1 - progress
-        return s.min_lr_frac + (1 - s.min_lr_frac) * decay
-
-    return factor
-
-
-def _save(ckpt_dir, model, optimizer, scheduler, scaler, sampler, cfg, step, best_loss, best_step,
-          evals_since_best, history, *, best: bool) -> None:  # fmt: skip
-    weights = model.state_dict()
-    checkpoint.save(
-        ckpt_dir / checkpoint.LAST,
-        {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": checkpoint.rng_state(sampler.generator),
-            "config": cfg.to_dict(),
-            "step": step,
-            "best_loss": best_loss,
-            "best_step": best_step,
-            "evals_since_best": evals_since_best,
-            "history": history,
-        },
-    )
-    if best:
-        checkpoint.save(
-            ckpt_dir / checkpoint.BEST, {"model": weights, "config": cfg.to_dict(), "step": step}
-        )
+def _per_second(tokens: int, seconds: float) -> float:
+    return tokens / max(seconds, 1e-9)

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from trainers.config import ModelConfig
 from trainers.errors import ConfigError
 
+# GPT-2's choices; the MLP width shapes the Hugging Face models built from a ModelConfig too
+MLP_WIDTH = 4  # hidden units of each block's MLP, per embedding dimension
+INIT_STD = 0.02  # of every weight matrix and embedding of our GPT at initialisation
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -40,8 +44,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, MLP_WIDTH * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(MLP_WIDTH * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,19 +77,18 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
-        self.lm_head.weight = (
-            self.wte.weight
-        )  # tied embeddings: fewer parameters, better small models
+        # tied embeddings: fewer parameters, better small models
+        self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) to keep activations O(1)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
@@ -151,8 +154,8 @@ def _build_hf(cfg: ModelConfig, vocab_size: int) -> nn.Module:
             "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head,
             "num_key_value_heads": cfg.n_head,
-            "intermediate_size": 4 * cfg.n_embd,
-            "n_inner": 4 * cfg.n_embd,
+            "intermediate_size": MLP_WIDTH * cfg.n_embd,
+            "n_inner": MLP_WIDTH * cfg.n_embd,
             "max_position_embeddings": cfg.block_size,
             "attention_dropout": cfg.dropout,
             "hidden_dropout": cfg.dropout,
@@ -174,7 +177,9 @@ def _build_hf(cfg: ModelConfig, vocab_size: int) -> nn.Module:
 def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
     """Training FLOPs per token of our GPT (PaLM appendix B): 6 per matmul weight (forward and
     backward) plus the attention scores, 12 * n_layer * block_size * n_embd."""
-    matmul_weights = 12 * cfg.n_layer * cfg.n_embd**2 + vocab_size * cfg.n_embd
+    # per block: q, k, v and the attention's output (4 n_embd^2), then the MLP's two matrices
+    per_block = (4 + 2 * MLP_WIDTH) * cfg.n_embd**2
+    matmul_weights = cfg.n_layer * per_block + vocab_size * cfg.n_embd
     return 6 * matmul_weights + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 

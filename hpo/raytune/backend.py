@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +17,36 @@ import optuna
 from optuna.trial import TrialState
 from ray import tune
 
-from hpo import run
-from hpo.errors import HPOError
-from hpo.objective import COUNTED, IN_PLAY, clean_checkpoints
+from hpo.objective import IN_PLAY, clean_checkpoints
+from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
-from hpo.raytune.cluster import Timing, connect, disconnect
+from hpo.raytune.cluster import connect, disconnect
 from hpo.raytune.options import RayOptions, check_options
 from hpo.raytune.recorder import Driver
 from hpo.raytune.trainable import TrialSetup, run_trial
 from hpo.raytune.tuner import new_tuner
-from hpo.storage import masked
+from hpo.record import INTERRUPTED, TrialRecord, update
+from hpo.session import RunRequest, banner, load_request, open_study
 from hpo.study_spec import StudySpec
-from trainers import UsageError
 
 
-def ray_main(args: argparse.Namespace) -> int:
-    """`hpo.run --backend ray`: check everything, connect, then tune. Returns the exit code."""
-    signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # Tune stops cleanly on SIGINT only
+def ray_main(args: argparse.Namespace, request: RunRequest) -> int:
+    """`hpo.run --backend ray`: check everything, connect, then tune. Returns the exit code;
+    errors take the commands' one path (hpo.run runs this inside trainers.cli.run_cli)."""
+    # Tune stops cleanly on SIGINT only
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     # the driver sends the heartbeats itself (Driver.heartbeat)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     started = time.time()
+    # trials get their devices on the nodes: the driver's own may have none
+    # Ray places trials (and packs them: --trials-per-gpu is a GPU fraction per trial there)
+    request = replace(request, check_device=False, workers=None, trials_per_gpu=None)
     try:
-        spec, opts = check_options(args)
-        connect(opts)
-        study, wargs = run._prepare(args)
-    except (HPOError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        disconnect()
-        return 2
-    except KeyboardInterrupt:
-        disconnect()
-        return 130
-    try:
-        return _tune(args, spec, opts, study, wargs, started)
+        checked = load_request(request)
+        opts = check_options(args, checked.spec, checked.sets)
+        ray_init = connect(opts)
+        study, plan = open_study(request, checked)
+        return _tune(args, checked.spec, opts, study, plan, started, ray_init)
     finally:
         disconnect()
 
@@ -62,55 +60,31 @@ def _tune(
     spec: StudySpec,
     opts: RayOptions,
     study: optuna.Study,
-    wargs: run.WorkerArgs,
+    plan: WorkerPlan,
     started: float,
+    ray_init: tuple[float, float],
 ) -> int:
-    metric, direction = spec.objective.metric, spec.objective.direction
     experiment = _experiment_name(study.study_name)
     path = f"{opts.storage_path.rstrip('/')}/{experiment}"
-    restoring = tune.Tuner.can_restore(path)
-    if not restoring:
-        _fail_leftovers(study)
-    setup = TrialSetup(
-        spec=spec.to_json(), sets=wargs.sets, threads=max(1, int(opts.cpu)), direction=direction
-    )
+    per_trial = f"{opts.cpu:g} CPU{f' + {opts.gpu:g} GPU' if opts.gpu else ''} per trial"
+    engine = f"Ray Tune ({_where(opts)}): {plan.sampler} + {opts.scheduler}, {per_trial}"
+    print(banner(study, plan, engine), file=sys.stderr)
+    metric = spec.objective.metric
     trials = study.get_trials(deepcopy=False)
-    done = sum(t.state in COUNTED for t in trials)
-    print(
-        f"study {wargs.study_name!r} in {masked(wargs.url)}: {done}/{wargs.target} trials done; "
-        f"Ray Tune ({_where(opts)}): {wargs.sampler} + {opts.scheduler}, "
-        f"{opts.cpu:g} CPU{f' + {opts.gpu:g} GPU' if opts.gpu else ''} per trial\n"
-        f"watch it: optuna-dashboard {wargs.url}",
-        file=sys.stderr,
-    )
-    progress = Progress(wargs.target, trials, metric=metric, enabled=not args.no_progress)
+    progress = Progress(plan.target, trials, metric=metric, enabled=not args.no_progress)
     driver = Driver(
         study,
         metric=metric,
-        direction=direction,
+        direction=spec.objective.direction,
         experiment=experiment,
-        checkpoint_root=Path(wargs.checkpoint_root),
+        checkpoint_root=Path(plan.checkpoint_root),
         keep_all=args.keep_checkpoints,
         progress=progress,
         mutations=opts.mutations,
     )
     Driver.current = driver
-    trainable = tune.with_parameters(run_trial, setup=setup)
-    code = 0
     try:
-        if restoring:
-            print(f"restoring the interrupted Ray experiment {path}", file=sys.stderr)
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True)
-            tuner.fit()
-            code = _after_fit(driver, study, experiment)
-        remaining = wargs.target - len(study.get_trials(deepcopy=False, states=IN_PLAY))
-        if code == 0 and remaining > 0:
-            _remove_experiment(path)
-            tuner = new_tuner(spec, opts, study, wargs, trainable, experiment, remaining, args)
-            tuner.fit()
-            code = _after_fit(driver, study, experiment)
-    except KeyboardInterrupt:
-        code = 130
+        code = _fit(args, spec, opts, study, plan, path, driver)
     finally:
         progress.update(study, study.get_trials(deepcopy=False))
         progress.close()
@@ -118,12 +92,12 @@ def _tune(
     if code == 0:
         _remove_experiment(path)  # finished: its checkpoints are no longer needed
     if not args.keep_checkpoints:
-        clean_checkpoints(study, Path(wargs.checkpoint_root))
-    print(summary(study, target=wargs.target, wall_time_s=time.time() - started), file=sys.stderr)
-    if driver.first_start is not None and Timing.init_start and Timing.init_end:
+        clean_checkpoints(study, Path(plan.checkpoint_root))
+    print(summary(study, target=plan.target, wall_time_s=time.time() - started), file=sys.stderr)
+    if driver.first_start is not None:
         print(
-            f"ray: start-up {driver.first_start - Timing.init_start:.1f}s from ray.init to the "
-            f"first trial running (ray.init {Timing.init_end - Timing.init_start:.1f}s)",
+            f"ray: start-up {driver.first_start - ray_init[0]:.1f}s from ray.init to the "
+            f"first trial running (ray.init {ray_init[1] - ray_init[0]:.1f}s)",
             file=sys.stderr,
         )
     if code == 130:
@@ -133,6 +107,31 @@ def _tune(
             file=sys.stderr,
         )
     return code
+
+
+def _fit(args, spec, opts, study, plan, path, driver) -> int:
+    """Restore an interrupted experiment of the study, if any, then top the study up with a new
+    one. 130 when interrupted."""
+    experiment = driver.experiment
+    restoring = tune.Tuner.can_restore(path)
+    if not restoring:
+        _fail_leftovers(study)
+    setup = TrialSetup(spec=spec.to_json(), sets=plan.sets, threads=max(1, int(opts.cpu)))
+    trainable = tune.with_parameters(run_trial, setup=setup)
+    try:
+        if restoring:
+            print(f"restoring the interrupted Ray experiment {path}", file=sys.stderr)
+            tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()
+            if _after_fit(driver, study, experiment):
+                return 130
+        remaining = plan.target - len(study.get_trials(deepcopy=False, states=IN_PLAY))
+        if remaining > 0:
+            _remove_experiment(path)
+            new_tuner(spec, opts, study, plan, trainable, experiment, remaining, args).fit()
+            return _after_fit(driver, study, experiment)
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _after_fit(driver: Driver, study: optuna.Study, experiment: str) -> int:
@@ -161,9 +160,7 @@ def _remove_experiment(path: str) -> None:
 def _fail_leftovers(study: optuna.Study) -> None:
     """Trials of an earlier Ray driver that is gone and whose experiment cannot be restored."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("backend") == "ray":
-            study._storage.set_trial_user_attr(t._trial_id, "stop_reason", "interrupted")
-            study._storage.set_trial_user_attr(
-                t._trial_id, "fail_reason", "interrupted: its Ray experiment is gone"
-            )
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if TrialRecord.of(t).backend == "ray":
+            reason = "interrupted: its Ray experiment is gone"
+            update(study, t.number, stop_reason=INTERRUPTED, fail_reason=reason)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

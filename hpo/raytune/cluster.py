@@ -16,15 +16,9 @@ PASS_ENV = ("HPO_CACHE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE
 CONNECT_TIMEOUT_S = 5.0
 
 
-class Timing:
-    """Ray's start-up cost, for the summary (and benchmarks/ray_vs_optuna.py)."""
-
-    init_start: float | None = None
-    init_end: float | None = None
-
-
-def connect(opts: RayOptions) -> None:
-    """Start a local Ray, or join a cluster. HPOError when the cluster cannot be reached."""
+def connect(opts: RayOptions) -> tuple[float, float]:
+    """Start a local Ray, or join a cluster. Returns when ray.init started and ended (Ray's
+    start-up cost, for the summary). HPOError when the cluster cannot be reached."""
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # relative paths (corpus, cache) mean the same there
     env.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
     address = opts.address
@@ -48,7 +42,7 @@ def connect(opts: RayOptions) -> None:
     )
     # with the loggers off, the end-of-run analysis finds no result files: hpo has them
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    Timing.init_start = time.time()
+    init_start = time.time()
     try:
         ray.init(
             address=address,
@@ -67,12 +61,13 @@ def connect(opts: RayOptions) -> None:
             else ""
         )
         raise HPOError(f"cannot connect to Ray at --address {address}: {e}{hint}") from None
-    Timing.init_end = time.time()
+    init_end = time.time()
     need = f"{opts.cpu:g} CPU" + (f" and {opts.gpu:g} GPU" if opts.gpu else "")
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(n.get("CPU", 0) >= opts.cpu and n.get("GPU", 0) >= opts.gpu for n in nodes):
         have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
         raise HPOError(f"no node of the Ray cluster has {need} for a trial (nodes: {have})")
+    return init_start, init_end
 
 
 def _check_reachable(address: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpo.errors import HPOError
 from hpo.raytune.schedulers import PBT_SCHEDULERS, PRUNER_TO_SCHEDULER, pbt_mutations
 from hpo.storage import runs_dir
-from hpo.study_spec import SCHEDULERS, StudySpec, load_study_spec
-from trainers import parse_sets
+from hpo.study_spec import SCHEDULERS, StudySpec
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,9 @@ class RayOptions:
     mutations: tuple[str, ...] = ()  # PBT/PB2: the config keys they perturb
 
 
-def check_options(args: argparse.Namespace) -> tuple[StudySpec, RayOptions]:
-    """Every flag and the study, before anything is started or stored."""
-    if args.workers != 1:
+def check_options(args: argparse.Namespace, spec: StudySpec, sets: dict[str, Any]) -> RayOptions:
+    """Every Ray flag against the (checked) study, before anything is started or stored."""
+    if args.workers not in (None, 1):
         raise HPOError(
             "--workers is for the Optuna backend; Ray runs trials side by side by itself "
             "(see --cpus-per-trial, --gpus-per-trial, --max-concurrent)"
@@ -38,10 +38,6 @@ def check_options(args: argparse.Namespace) -> tuple[StudySpec, RayOptions]:
             "--pruner and --scheduler both say how to stop trials early; "
             "with --backend ray give --scheduler"
         )
-    sets = parse_sets(args.set)
-    if args.device:
-        sets["train.device"] = args.device
-    spec = load_study_spec(args.study, sets=sets)
     cfg = spec.train_config(sets)
     scheduler = args.scheduler or spec.ray.scheduler
     scheduler = scheduler or PRUNER_TO_SCHEDULER[args.pruner or spec.pruner.name]
@@ -49,6 +45,12 @@ def check_options(args: argparse.Namespace) -> tuple[StudySpec, RayOptions]:
         raise HPOError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
     cpu = spec.ray.resources.cpu if args.cpus_per_trial is None else args.cpus_per_trial
     gpu = spec.ray.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial
+    if args.trials_per_gpu is not None:
+        if args.gpus_per_trial is not None:
+            raise HPOError("--trials-per-gpu K is --gpus-per-trial 1/K: give one of them")
+        if args.trials_per_gpu < 1:
+            raise HPOError(f"--trials-per-gpu must be at least 1, but got {args.trials_per_gpu}")
+        gpu = 1 / args.trials_per_gpu
     if cpu <= 0:
         raise HPOError(f"--cpus-per-trial must be positive, but got {cpu}")
     if gpu < 0 or (gpu > 1 and gpu != int(gpu)):
@@ -57,7 +59,7 @@ def check_options(args: argparse.Namespace) -> tuple[StudySpec, RayOptions]:
         )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise HPOError(f"--max-concurrent must be at least 1, but got {args.max_concurrent}")
-    min_resource = spec.pruner.min_resource or cfg.train.eval_interval
+    min_resource = spec.min_resource(cfg)
     if scheduler in ("asha", "hyperband", "median") and min_resource >= cfg.train.max_steps:
         raise HPOError(
             f"--scheduler {scheduler} needs evaluations before train.max_steps, but the first "
@@ -69,7 +71,7 @@ def check_options(args: argparse.Namespace) -> tuple[StudySpec, RayOptions]:
     storage_path = args.ray_storage or str((runs_dir() / "ray").resolve())
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
-    return spec, RayOptions(
+    return RayOptions(
         address=args.address,
         scheduler=scheduler,
         cpu=cpu,

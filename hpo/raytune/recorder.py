@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from hpo.raytune.schedulers import current_values
+from hpo.record import DIVERGED, ERROR, update
 from hpo.storage import HEARTBEAT_INTERVAL_S, open_storage
 
 
@@ -28,8 +29,18 @@ class Driver:
 
     current: Driver | None = None  # hpo.run's, in its own process
 
-    def __init__(self, study, *, metric, direction, experiment, checkpoint_root, keep_all,
-                 progress, mutations) -> None:  # fmt: skip
+    def __init__(
+        self,
+        study: optuna.Study,
+        *,
+        metric: str,
+        direction: str,
+        experiment: str,
+        checkpoint_root: Path,
+        keep_all: bool,
+        progress: Any,
+        mutations: tuple[str, ...],
+    ) -> None:
         self.study, self.storage = study, study._storage
         self.metric, self.minimize = metric, direction == "minimize"
         self.experiment = experiment
@@ -82,7 +93,6 @@ class Driver:
         if n not in self.started and self._running(n) is not None:
             self.started.add(n)
             self._set(n, "ray.trial_id", trial.trial_id)
-            self._set(n, "backend", "ray")
             self._set(n, "ray.experiment", self.experiment)
             self.storage.record_heartbeat(self._id(n))
 
@@ -140,45 +150,41 @@ class Driver:
         if t is None:
             return
         r = trial.last_result or {}
+        if error is None and r.get("hpo/failed") == DIVERGED:
+            return self._diverged(n, r)
         if error is not None or "hpo/failed" in r:
-            self._set(n, "stop_reason", "error" if error else r["hpo/failed"])
-            self._set(n, "fail_reason", error or r.get("hpo/fail_reason", "failed"))
-            if "step" in r:
-                self._set(n, "steps", int(r["step"]))
+            reason = error or r.get("hpo/fail_reason", "failed")
+            steps = int(r["step"]) if "step" in r else None
+            stop_reason = r.get("hpo/failed", ERROR)
+            update(self.study, n, stop_reason=stop_reason, fail_reason=reason, steps=steps)
             self.study.tell(n, state=TrialState.FAIL, skip_if_finished=True)
             return self._update_progress()
         step = int(r.get("step", 0))
-        max_steps = int(r.get("hpo/max_steps", step or 1))
-        done = bool(r.get("hpo/done")) or step >= max_steps
+        done = bool(r.get("hpo/done")) or step >= int(r.get("hpo/max_steps", step or 1))
         values = self.steps.get(n) or dict(self.storage.get_trial(self._id(n)).intermediate_values)
         pick = min if self.minimize else max
         best_step = pick(values, key=values.__getitem__) if values else 0
-        attrs = {
-            "stop_reason": r.get("hpo/stop_reason", "max_steps") if done else "pruned",
-            "steps": step,
-            "max_steps": max_steps,
-            "best_step": best_step,
-            "tokens_per_s": r.get("hpo/tokens_per_s", 0.0),
-            "params": r.get("hpo/params", 0),
-            "wall_time_s": r.get("hpo/wall_time_s", 0.0),
-            "metrics": json.loads(r.get("hpo/metrics", "{}")),
-            "manifest": json.loads(r["hpo/manifest"]) if "hpo/manifest" in r else None,
-        }
-        if attrs["manifest"] is not None:  # it was made while the trial ran
-            for key in ("steps", "stop_reason"):
-                if key in attrs["manifest"]:
-                    attrs["manifest"][key] = attrs[key]
-        for key, value in attrs.items():
-            if value is not None:
-                self._set(n, key, value)
+        stop_reason = r.get("hpo/stop_reason", "max_steps") if done else "pruned"
+        update(self.study, n, **_outcome(r, stop_reason=stop_reason, best_step=best_step))
         if not values:
-            self._set(n, "fail_reason", "the trial ended before its first evaluation")
+            update(self.study, n, fail_reason="the trial ended before its first evaluation")
             self.study.tell(n, state=TrialState.FAIL, skip_if_finished=True)
         elif done:
             self.study.tell(n, values[best_step], skip_if_finished=True)
             self._keep_checkpoint(trial, n)
         else:
             self.study.tell(n, state=TrialState.PRUNED, skip_if_finished=True)
+        self._update_progress()
+
+    def _diverged(self, n: int, r: dict[str, Any]) -> None:
+        """Pruned at the step it blew up, with a value worse than any healthy run's, so that
+        the sampler learns to avoid the region (as hpo.objective does)."""
+        step = int(r["step"])
+        reason = r.get("hpo/fail_reason", "")
+        update(self.study, n, stop_reason=DIVERGED, fail_reason=reason, steps=step)
+        if step not in self.steps.setdefault(n, {}):
+            self.storage.set_trial_intermediate_value(self._id(n), step, float(r[self.metric]))
+        self.study.tell(n, state=TrialState.PRUNED, skip_if_finished=True)
         self._update_progress()
 
     def _keep_checkpoint(self, trial: Trial, n: int) -> None:
@@ -210,6 +216,28 @@ class Driver:
     def _update_progress(self) -> None:
         if self.progress is not None:
             self.progress.update(self.study, self.study.get_trials(deepcopy=False))
+
+
+def _outcome(r: dict[str, Any], *, stop_reason: str, best_step: int) -> dict[str, Any]:
+    """The record's fields from a trial's last Tune result (hpo.raytune.trainable.Reporter)."""
+    manifest = json.loads(r["hpo/manifest"]) if "hpo/manifest" in r else None
+    steps = int(r.get("step", 0))
+    if manifest is not None:  # made while the trial ran: it says how it ended
+        manifest.update(stop_reason=stop_reason)
+    return {
+        "backend": "ray",
+        "stop_reason": stop_reason,
+        "steps": steps,
+        "max_steps": int(r.get("hpo/max_steps", steps or 1)),
+        "tokens": r.get("hpo/tokens"),
+        "max_tokens": r.get("hpo/max_tokens"),
+        "best_step": best_step,
+        "tokens_per_s": r.get("hpo/tokens_per_s", 0.0),
+        "n_params": r.get("hpo/n_params", 0),
+        "wall_time_s": r.get("hpo/wall_time_s", 0.0),
+        "metrics": json.loads(r.get("hpo/metrics", "{}")),
+        "manifest": manifest,
+    }
 
 
 @dataclass(frozen=True)
@@ -247,10 +275,15 @@ class Recorder(tune.Callback):
                 study_name=self.to.study_name, storage=open_storage(self.to.url)
             )
             self._own = Driver(
-                study, metric=self.to.metric, direction=self.to.direction,
-                experiment=self.to.experiment, checkpoint_root=Path(self.to.checkpoint_root),
-                keep_all=self.to.keep_all, progress=None, mutations=self.to.mutations,
-            )  # fmt: skip
+                study,
+                metric=self.to.metric,
+                direction=self.to.direction,
+                experiment=self.to.experiment,
+                checkpoint_root=Path(self.to.checkpoint_root),
+                keep_all=self.to.keep_all,
+                progress=None,
+                mutations=self.to.mutations,
+            )
         return self._own
 
     def on_trial_start(self, iteration, trials, trial, **info):

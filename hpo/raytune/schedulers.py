@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import optuna
 from optuna.distributions import FloatDistribution
 from ray import tune
 from ray.tune.schedulers import (
@@ -26,11 +25,10 @@ from ray.tune.schedulers import (
 )
 from ray.tune.schedulers.pb2 import PB2
 
-import search_spaces
 from hpo.errors import HPOError
-from hpo.study_spec import StudySpec
+from hpo.study_spec import StudySpec, dry_run
 from trainers import TrainConfig
-from trainers.loop import CHANGEABLE_ON_RESUME
+from trainers.state import CHANGEABLE_ON_RESUME
 
 TIME_ATTR = "step"  # Ray's schedulers count training steps, like Optuna's pruners
 PBT_SCHEDULERS = ("pbt", "pb2")
@@ -40,7 +38,7 @@ CONFIG_KEYS = ("hpo_number", "overrides")  # a trial's config besides the pertur
 
 def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tuple[str, ...]:
     """The settings PBT/PB2 perturbs: in the space, and changeable in a running trial."""
-    dists = space_distributions(spec)
+    dists = dry_run(spec).distributions
     wanted = spec.ray.pbt.mutations
     bad = [m for m in wanted if m not in CHANGEABLE_ON_RESUME]
     if bad:
@@ -48,9 +46,6 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
             f"ray.pbt.mutations: {bad[0]!r} cannot change while a run continues; "
             f"valid: {', '.join(sorted(CHANGEABLE_ON_RESUME))}"
         )
-    fixed = [m for m in wanted if m in sets]
-    if fixed:
-        raise HPOError(f"--scheduler {scheduler} perturbs {fixed[0]}, which --set fixes")
     mutations = tuple(m for m in wanted if isinstance(dists.get(m), FloatDistribution))
     if not mutations:
         raise HPOError(
@@ -67,23 +62,11 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
     return mutations
 
 
-def space_distributions(spec: StudySpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Every parameter the study's space can suggest, with its distribution (dry runs)."""
-    dry = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    found: dict[str, optuna.distributions.BaseDistribution] = {}
-    for _ in range(32):
-        trial = dry.ask()
-        search_spaces.suggest(trial, spec.search_space)
-        found.update(trial.distributions)
-        dry.tell(trial, 0.0)
-    return found
-
-
 def make_scheduler(
     name: str, spec: StudySpec, cfg: TrainConfig, *, mutations: tuple[str, ...], pruner: str
 ) -> TrialScheduler:
     """Ray's counterpart of the study's pruner, in training steps; or PBT/PB2."""
-    min_resource = spec.pruner.min_resource or cfg.train.eval_interval
+    min_resource = spec.min_resource(cfg)
     max_steps, rf = cfg.train.max_steps, spec.pruner.reduction_factor
     if name == "asha":
         # Optuna's Hyperband pruner runs asynchronous successive halving in several brackets
@@ -138,7 +121,7 @@ def make_scheduler(
 
 
 def mutation_bounds(spec: StudySpec, mutations) -> dict[str, tuple[float, float, bool]]:
-    dists = space_distributions(spec)
+    dists = dry_run(spec).distributions
     return {m: (dists[m].low, dists[m].high, dists[m].log) for m in mutations}
 
 

@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 import search_spaces
 from hpo.raytune.options import RayOptions
 from hpo.raytune.schedulers import mutation_bounds, perturbed, starting_values
+from hpo.record import TrialRecord, write
 from hpo.study_spec import StudySpec
 from trainers import TrainConfig
 
@@ -78,15 +79,12 @@ def ask_members(
 
 
 def _start_attrs(trial: optuna.Trial, overrides: dict[str, Any], experiment: str) -> None:
-    for key, value in overrides.items():  # derived values: what the trainer really got
-        if key not in trial.params:
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("backend", "ray")
+    write(trial, TrialRecord.starting(trial.params, overrides, backend="ray"))
     trial.set_user_attr("ray.experiment", experiment)
 
 
 def trial_config(config: dict[str, Any], spec: StudySpec, sets: dict[str, Any]) -> TrainConfig:
-    """Study settings <- the trial's overrides <- PBT's current values <- --set."""
+    """Study settings <- --set <- the trial's overrides <- PBT's current values: what the trial
+    records is what trains."""
     current = perturbed(config)
-    cfg = spec.train_config().with_overrides(config["overrides"]).with_overrides(current)
-    return cfg.with_overrides(sets)
+    return spec.train_config(sets).with_overrides(config["overrides"]).with_overrides(current)

@@ -10,12 +10,13 @@ import optuna
 from ray import tune
 from ray.tune.experiment import Trial
 
-from hpo import run
+from hpo.plan import WorkerPlan
 from hpo.raytune.cluster import cluster_slots
 from hpo.raytune.options import RayOptions
 from hpo.raytune.recorder import Recorder, RecordTo
 from hpo.raytune.schedulers import PBT_SCHEDULERS, Member, make_scheduler
 from hpo.raytune.search import SpaceFn, StudySearch, ask_members
+from hpo.storage import public_url
 from hpo.strategy import make_sampler
 from hpo.study_spec import StudySpec
 
@@ -24,7 +25,7 @@ def new_tuner(
     spec: StudySpec,
     opts: RayOptions,
     study: optuna.Study,
-    wargs: run.WorkerArgs,
+    plan: WorkerPlan,
     trainable: Any,
     experiment: str,
     n: int,
@@ -32,40 +33,20 @@ def new_tuner(
 ) -> tune.Tuner:
     """A fresh experiment of `n` trials: the study's sampler asks them, or (PBT/PB2) a population
     of `n` members asked up front; the Recorder writes them into the study."""
-    metric, mode = spec.objective.metric, "min" if spec.objective.direction == "minimize" else "max"
-    cfg = spec.train_config(wargs.sets)
-    concurrency = opts.max_concurrent or max(1, int(cluster_slots(opts)))
-    scheduler = make_scheduler(opts.scheduler, spec, cfg, mutations=opts.mutations,
-                               pruner=wargs.pruner)  # fmt: skip
-    sampler = make_sampler(spec, name=wargs.sampler, seed=wargs.seed, n_workers=concurrency,
-                           worker=0, n_existing=len(study.trials))  # fmt: skip
-    if opts.scheduler in PBT_SCHEDULERS:
-        members = ask_members(study, spec, n, sampler, opts, experiment)
-        param_space: dict[str, Any] = {
-            "hpo_number": tune.grid_search(sorted(members)),  # one trial per member
-            **{key: tune.sample_from(Member(members, key)) for key in members[min(members)]},
-        }
-        search_alg, num_samples = None, 1
-    else:
-        param_space = {}
-        search_alg = StudySearch(
-            SpaceFn(spec.search_space),
-            metric=metric,
-            mode=mode,
-            sampler=sampler,
-            storage=study._storage,
-            study_name=study.study_name,
-            experiment=experiment,
-        )
-        num_samples = n
+    metric, mode = spec.objective.metric, "min" if spec.objective.minimize else "max"
+    cfg = spec.train_config(plan.sets)
+    scheduler = make_scheduler(
+        opts.scheduler, spec, cfg, mutations=opts.mutations, pruner=plan.pruner
+    )
+    param_space, search_alg, num_samples = _search(spec, opts, study, plan, experiment, n)
     resources = {"cpu": opts.cpu, "gpu": opts.gpu} if opts.gpu else {"cpu": opts.cpu}
     record_to = RecordTo(
-        url=wargs.url,
+        url=public_url(plan.url),  # Tune pickles it into the experiment folder: no password
         study_name=study.study_name,
         metric=metric,
         direction=spec.objective.direction,
         experiment=experiment,
-        checkpoint_root=str(Path(wargs.checkpoint_root).resolve()),
+        checkpoint_root=str(Path(plan.checkpoint_root).resolve()),
         keep_all=args.keep_checkpoints,
         mutations=opts.mutations,
     )
@@ -79,7 +60,9 @@ def new_tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=opts.max_concurrent,
+            # as many as the cluster holds; told to Tune, it also starts them all at once
+            # (with a searcher and no limit, Tune starts one trial at a time)
+            max_concurrent_trials=opts.max_concurrent or max(1, int(cluster_slots(opts))),
             time_budget_s=args.timeout,
             # a worker process serves trial after trial (and keeps its tokenized data): a
             # stopped trial's report raises SystemExit, which ends its function at once
@@ -97,6 +80,38 @@ def new_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
         ),
     )
+
+
+def _search(
+    spec: StudySpec,
+    opts: RayOptions,
+    study: optuna.Study,
+    plan: WorkerPlan,
+    experiment: str,
+    n: int,
+) -> tuple[dict[str, Any], StudySearch | None, int]:
+    """(param_space, search_alg, num_samples): the study's sampler asks each of `n` trials, or
+    (PBT/PB2) asks a population of `n` members up front."""
+    sampler = make_sampler(
+        spec, name=plan.sampler, seed=plan.seed, worker=0, n_existing=len(study.trials)
+    )
+    if opts.scheduler in PBT_SCHEDULERS:
+        members = ask_members(study, spec, n, sampler, opts, experiment)
+        param_space: dict[str, Any] = {
+            "hpo_number": tune.grid_search(sorted(members)),  # one trial per member
+            **{key: tune.sample_from(Member(members, key)) for key in members[min(members)]},
+        }
+        return param_space, None, 1
+    search_alg = StudySearch(
+        SpaceFn(spec.search_space),
+        metric=spec.objective.metric,
+        mode="min" if spec.objective.minimize else "max",
+        sampler=sampler,
+        storage=study._storage,
+        study_name=study.study_name,
+        experiment=experiment,
+    )
+    return {}, search_alg, n
 
 
 def _dirname(trial: Trial) -> str:

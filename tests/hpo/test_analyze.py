@@ -174,3 +174,63 @@ def test_cli_writes_the_report(tmp_path):
     assert "# Analysis of planted" in out.stdout and "attached 9 files" in out.stderr
     data = json.loads((tmp_path / "runs" / "planted" / "report" / "analysis.json").read_text())
     assert data["importance"][0]["param"] == "x"
+
+
+def conditional_study(n=60):
+    """Hyperband-like: beta1 (Adam only) drives the objective, and trials that start badly are
+    pruned at step 10 or 20, so most trials are PRUNED."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        trial = study.ask()
+        name = trial.suggest_categorical("optim.name", ["adamw", "sgd"])
+        trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        if name == "adamw":
+            value = 4 * trial.suggest_float("optim.one_minus_beta1", 0.01, 0.3, log=True)
+        else:
+            value = 0.5 + 0.1 * trial.suggest_float("optim.one_minus_momentum", 0.01, 0.5, log=True)
+        last = 10 if value > 0.6 else 20 if value > 0.3 else 30
+        reported = [value + 1 / step + 0.01 * rng.normal() for step in range(10, last + 1, 10)]
+        for i, v in enumerate(reported):
+            trial.report(v, 10 * (i + 1))
+        if last < 30:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, min(reported))
+    return study
+
+
+def test_the_summary_says_what_was_compared_and_how(tmp_path):
+    study = conditional_study()
+    result = analyze(study, resamples=5, out=tmp_path / "report")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert result["compared"]["step"] == 20 and result["compared"]["pruned"] > 0
+    assert "compare each trial's best value up to step 20" in summary
+    assert (
+        "Method: fanova, 5 bootstrap resamples; importance is scored within conditions" in summary
+    )
+    assert "### Scored on: optim.name = adamw (24 trials)" in summary
+    assert "| 1 | optim.one_minus_beta1 | " in summary
+    assert "## Conditions (trials with the same parameters)" in summary
+    assert "optim.name not scored: constant within every condition" in summary
+    final = analyze(study, resamples=5, values="final")
+    assert final["compared"]["step"] is None
+    assert final["compared"]["trials"] == result["trials"]["complete"]
+
+
+def test_no_completed_trial_yet_still_writes_the_summary(tmp_path):
+    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    storage = f"sqlite:///{tmp_path}/a.db"
+    study = optuna.create_study(study_name="early", storage=storage)
+    study.ask()  # running
+    study.tell(study.ask(), state=TrialState.FAIL)
+    out = subprocess.run(
+        [sys.executable, "-m", "hpo.analyze", "--study", "early", "--storage", storage],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "no trial of study 'early' has completed yet" in out.stderr
+    summary = (tmp_path / "runs" / "early" / "report" / "summary.md").read_text()
+    assert "No trial has completed yet." in summary and "Traceback" not in out.stderr

@@ -1,78 +1,63 @@
 """optuna-dashboard on hpo's storage, driven in a real headless Chromium (Debian's package)."""
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
+from hpo.record import TrialRecord
+from tests.helpers import (
+    SMOKE_FAST,
+    free_port,
+    http_get,
+    run,
+    run_hpo,
+    sqlite_url,
+    wait_for,
+    watch_with_dashboard,
+)
+
+pytestmark = pytest.mark.slow  # a browser and real studies
+
 CHROMIUM = "/usr/bin/chromium"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"  # kept after the run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(url)
-
-
-@pytest.fixture
-def env(tmp_path, cache_dir):
-    return {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
-
-
-def hpo(module, *args, env, check=True):
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600
-    )
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def run_smoke(storage, env, *args):
-    """The smoke study into `storage`, through the real CLI."""
-    return hpo("hpo.run", "--study", "smoke", "--storage", storage, "--no-progress", *args, env=env)
-
-
 def serve(cmd, env, port):
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/studies")
-    except TimeoutError:
+    """A dashboard server, once it answers."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    if not wait_for_http(f"http://127.0.0.1:{port}/api/studies"):
         proc.kill()
-        raise
     return proc
+
+
+def wait_for_http(url, timeout=60):
+    return wait_for(lambda: http_get(url), timeout=timeout, what=url)
 
 
 def test_dashboard_in_a_browser_shows_the_study_its_analysis_and_plots(tmp_path, env):
     from playwright.sync_api import sync_playwright
 
-    storage = f"sqlite:///{tmp_path}/hpo.db"
-    run_smoke(storage, env, "--trials", "8", "--pruner", "none")
-    hpo("hpo.analyze", "--study", "smoke", "--storage", storage, "--resamples", "3", env=env)
+    storage = sqlite_url(tmp_path)
+    # one optimizer family and no decay switch: all 8 trials share one condition, enough for
+    # importance (hpo.importance scores a parameter within trials that all have it)
+    spec = yaml.safe_load((STUDIES / "smoke.yaml").read_text())
+    spec["search_space"]["optimizer"] = {
+        "lr": [1.0e-3, 3.0e-2],
+        "names": ["adamw"],
+        "weight_decay": None,
+    }
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec))
+    run_hpo(tmp_path, "--study", str(tmp_path / "smoke.yaml"), "--trials", "8", "--pruner", "none")
+    run("hpo.analyze", "--study", "smoke", "--storage", storage, "--resamples", "3", env=env)
     study = optuna.load_study(study_name="smoke", storage=storage)
     best = study.best_trial
     port = free_port()
@@ -114,8 +99,8 @@ def test_dashboard_in_a_browser_shows_the_study_its_analysis_and_plots(tmp_path,
 
 
 def test_plain_optuna_dashboard_reads_our_storage(tmp_path, env):
-    storage = f"sqlite:///{tmp_path}/hpo.db"
-    run_smoke(storage, env, "--trials", "3")
+    storage = sqlite_url(tmp_path)
+    run_hpo(tmp_path, "--study", "smoke", "--trials", "3", env=env)
     port = free_port()
     cli = Path(sys.executable).parent / "optuna-dashboard"
     server = serve(
@@ -140,42 +125,20 @@ def test_plain_optuna_dashboard_reads_our_storage(tmp_path, env):
 
 
 def test_watching_a_running_study_does_not_lock_the_workers(tmp_path, env):
-    storage = f"sqlite:///{tmp_path}/hpo.db"
-    run_smoke(storage, env, "--trials", "1")  # the study exists
-    port = free_port()
-    server = serve(
-        [sys.executable, "-m", "hpo.dashboard", "--storage", storage, "--port", str(port)],
-        env,
-        port,
-    )
-    stop, polls = threading.Event(), [0]
-
-    def watch():  # what an open browser tab does, but faster
-        while not stop.is_set():
-            try:
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/api/studies/1?after=0", timeout=30
-                ).read()
-                polls[0] += 1
-            except OSError:  # a slow answer on a busy 2-core machine is not what this test is about
-                time.sleep(0.5)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    storage = sqlite_url(tmp_path)
+    run_hpo(tmp_path, "--study", "smoke", "--trials", "1", env=env)  # the study exists
+    dashboard = watch_with_dashboard(storage, env)  # what an open browser tab does, but faster
     try:
-        out = run_smoke(
-            storage, env, "--trials", "12", "--workers", "4", "--set", "train.max_steps=30"
-        )
+        args = ["--study", "smoke", "--trials", "12", "--workers", "4", *SMOKE_FAST]
+        out = run_hpo(tmp_path, *args, env=env)
     finally:
-        stop.set()
-        watcher.join()
-        server.kill()
+        polls = dashboard()
     assert "database is locked" not in out.stderr
     trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 12
     assert not [
         t
         for t in trials
-        if t.state == TrialState.FAIL and t.user_attrs.get("stop_reason") != "surplus"
+        if t.state == TrialState.FAIL and TrialRecord.of(t).stop_reason != "surplus"
     ]
-    assert polls[0] > 5
+    assert polls > 5

@@ -7,15 +7,13 @@ import subprocess
 import torch
 
 from hpo import manifest
-from hpo.manifest import environment, study_manifest, trial_manifest, write_manifest
+from hpo.manifest import environment, result_manifest, study_manifest, write_manifest
 from trainers import train
 
 
 def git(repo, *args):
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo, capture_output=True, check=True,
-    ).stdout  # fmt: skip
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, cwd=repo, capture_output=True, check=True).stdout
 
 
 def test_git_state_dirty_flag_and_diff_hash(tmp_path, monkeypatch):
@@ -45,7 +43,7 @@ def test_not_a_git_checkout(tmp_path, monkeypatch):
 
 def test_trial_manifest_says_what_produced_the_number(tiny_cfg, tmp_path):
     result = train(tiny_cfg.with_overrides({"train.max_steps": 20}))
-    m = trial_manifest(tiny_cfg, result)
+    m = result_manifest(tiny_cfg, result)
     assert m["torch"] == torch.__version__ and m["cuda"] == torch.version.cuda
     assert m["packages"]["optuna"] and "wandb" in m["packages"]
     assert m["seeds"] == {

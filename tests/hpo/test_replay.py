@@ -2,43 +2,32 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import HPOError
+from hpo.record import TrialRecord
 from hpo.replay import environment_differences, replay_trial
+from tests.helpers import SMOKE_FAST, run_hpo, sets
 
-SMOKE_FAST = ["--set", "train.max_steps=30"]
-
-
-def hpo_run(root, *args, check=True):
-    env = {**os.environ, "HPO_RUNS_DIR": str(root / "runs")}
-    out = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--storage", f"sqlite:///{root}/hpo.db", "--no-progress", *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
+pytestmark = pytest.mark.slow  # real studies trained and replayed
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cache_dir):
-    """A finished smoke study: complete trials, and one pruned before its last step."""
+    """A finished smoke study: complete trials, and pruned ones stopped before their last step
+    (60 steps, successive halving at steps 10 and 30; sampler seed 0 decides which)."""
     root = tmp_path_factory.mktemp("replay")
-    hpo_run(root, "--study", "smoke", "--trials", "4", *SMOKE_FAST)
+    run_hpo(root, "--study", "smoke", "--trials", "4", "--pruner", "sha")
     return root, optuna.load_study(study_name="smoke", storage=f"sqlite:///{root}/hpo.db")
 
 
 def test_replay_of_a_complete_trial_matches_exactly_on_cpu(smoke):
     root, study = smoke
     best = study.best_trial
-    out = hpo_run(root, "--study", "smoke", "--replay", str(best.number))
+    out = run_hpo(root, "--study", "smoke", "--replay", str(best.number))
     assert "exact comparison" in out.stdout and "match: all" in out.stdout, out.stdout
     assert f"val/loss @ step {max(best.intermediate_values)}" in out.stdout
     assert "differs" not in out.stdout  # same code, same corpus, same machine
@@ -47,7 +36,7 @@ def test_replay_of_a_complete_trial_matches_exactly_on_cpu(smoke):
 def test_replay_of_a_pruned_trial_stops_where_it_was_pruned(smoke):
     _, study = smoke
     pruned = [
-        t for t in study.trials if t.state == TrialState.PRUNED and t.user_attrs["steps"] < 30
+        t for t in study.trials if t.state == TrialState.PRUNED and TrialRecord.of(t).steps < 60
     ]
     assert pruned, "the smoke study (sampler seed 0) prunes a trial before its last step"
     t = pruned[0]
@@ -55,17 +44,17 @@ def test_replay_of_a_pruned_trial_stops_where_it_was_pruned(smoke):
         rep = replay_trial(study, t.number)
         assert rep.matches, "\n".join(rep.lines())
         rows = {r.what: r for r in rep.rows}
-        assert rows["steps"].replayed == t.user_attrs["steps"]
+        assert rows["steps"].replayed == TrialRecord.of(t).steps
         assert [r.what for r in rep.rows if "@ step" in r.what] == [
             f"val/loss @ step {s}" for s in sorted(t.intermediate_values)
         ]
         assert "trial value" not in rows  # a pruned trial has none
-    assert "(pruned, stopped at step" in rep.header and "of 30)" in rep.header
+    assert "(pruned, stopped at step" in rep.header and "of 60)" in rep.header
 
 
 def test_unknown_trial_is_one_line_and_exit_2(smoke):
     root, _ = smoke
-    out = hpo_run(root, "--study", "smoke", "--replay", "99", check=False)
+    out = run_hpo(root, "--study", "smoke", "--replay", "99", check=False)
     assert out.returncode == 2
     assert out.stderr == "error: no trial 99 in study 'smoke' (it has trials 0-3)\n"
 
@@ -75,11 +64,11 @@ def test_study_and_trial_manifests_are_stored_for_replay(smoke):
     m = study.user_attrs["hpo.manifest"]
     assert m["sampler"] == "tpe" and m["seeds"] == {"sampler": 0}
     assert set(m["git"]) == {"commit", "dirty", "diff_sha256"} and m["spec"]["name"] == "smoke"
-    assert m["sets"] == {"train.max_steps": "30"}
+    assert m["sets"] == {} and m["pruner"] == "sha"
     best = study.best_trial
-    tm = best.user_attrs["manifest"]
+    tm = TrialRecord.of(best).manifest
     assert set(tm["seeds"]) == {"init", "data", "dropout"} and tm["tokenizer"] == "char"
-    assert tm["torch"] and tm["threads"] >= 1 and tm["steps"] == best.user_attrs["steps"]
+    assert tm["torch"] and tm["threads"] >= 1 and tm["steps"] == TrialRecord.of(best).steps
     beside = root / "runs" / "smoke" / "checkpoints" / f"trial_{best.number}" / "manifest.json"
     assert json.loads(beside.read_text()) == tm
 
@@ -90,15 +79,15 @@ def test_a_changed_corpus_is_reported_as_a_mismatch(tmp_path, cache_dir):
         f"line {i}: the quick brown fox jumps over the lazy dog {i * i % 97}" for i in range(5000)
     ]
     corpus.write_text("\n".join(lines))
-    hpo_run(tmp_path, "--study", "smoke", "--trials", "1", "--pruner", "none", *SMOKE_FAST,
-            "--set", f"data.corpus={corpus}")  # fmt: skip
+    one = ["--study", "smoke", "--trials", "1", "--pruner", "none", *SMOKE_FAST]
+    run_hpo(tmp_path, *one, *sets(f"data.corpus={corpus}"))
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db")
-    before = study.trials[0].user_attrs["manifest"]["data"]["fingerprint"]
+    before = TrialRecord.of(study.trials[0]).manifest["data"]["fingerprint"]
     changed = "\n".join(reversed(lines))  # the same characters, another text
     corpus.write_text(changed)
     after = hashlib.sha256(changed.encode()).hexdigest()[:16]
 
-    out = hpo_run(tmp_path, "--study", "smoke", "--replay", "0", check=False)
+    out = run_hpo(tmp_path, "--study", "smoke", "--replay", "0", check=False)
     assert out.returncode == 1, out.stderr
     assert "MISMATCH:" in out.stdout
     assert f"corpus fingerprint differs: {before} (trial) vs {after} (now)" in out.stdout

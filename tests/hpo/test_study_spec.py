@@ -96,3 +96,16 @@ def test_unknown_study_lists_the_shipped_ones():
 def test_sets_are_checked_against_the_trainer():
     with pytest.raises(HPOError, match=r"model\.n_layerz"):
         load_study_spec("smoke", sets={"model.n_layerz": "2"})
+
+
+def test_checking_a_study_leaves_optunas_verbosity_as_it_was():
+    # hpo.run turns Optuna's per-trial tracebacks off; loading the spec must not turn them on
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        load_study_spec("lr_sweep")
+        assert optuna.logging.get_verbosity() == optuna.logging.ERROR
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -2,49 +2,47 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import optuna
 import pytest
 
 from hpo.validate import ATTR, configs_to_validate, report, validate
+from tests.helpers import run, run_hpo, sets, sqlite_url
 
 
 @pytest.fixture
 def study(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("HPO_RUNS_DIR", str(tmp_path / "runs"))
-    storage = f"sqlite:///{tmp_path}/hpo.db"
-    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
-    out = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "smoke", "--trials", "3", "--pruner", "none", "--storage", storage, "--no-progress"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return optuna.load_study(study_name="smoke", storage=storage)
+    run_hpo(tmp_path, "--study", "smoke", "--trials", "3", "--pruner", "none")
+    return optuna.load_study(study_name="smoke", storage=sqlite_url(tmp_path))
 
 
 def validate_cli(tmp_path, *args):
     env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
-    return subprocess.run(
-        [sys.executable, "-m", "hpo.validate", "--storage", f"sqlite:///{tmp_path}/hpo.db", "--no-progress", *args],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    return run("hpo.validate", "--storage", sqlite_url(tmp_path), *args, env=env, check=False)
 
 
+@pytest.mark.slow  # a study tuned and its seeds trained
 def test_learning_rate_1e3_beats_1e5_beyond_noise(study):
     configs = configs_to_validate(study, trial=None, top_k=1)
     label = next(k for k in configs if k != "baseline")
     good = configs["baseline"].with_overrides({"optim.lr": 1e-3, "train.max_steps": 40})
     bad = good.with_overrides({"optim.lr": 1e-5})
-    rep = report(
-        study, validate(study, {label: good, "baseline": bad}, seeds=4, workers=1, progress=False)
-    )
-    c = rep["comparisons"][label]
-    assert c["ci_high"] < 0 and c["cohens_d"] < -2
-    assert c["verdict"].startswith("better than the baseline")
+    configs = {label: good, "baseline": bad}
+    per_config = validate(study, configs, seeds=6, workers=1, progress=False)
+    c = report(study, per_config, configs)["comparisons"][label]
+    # 6 pairs, all one way: exact p = 2/2^6 = 0.031
+    assert c["ci_high"] < 0 and c["d_z"] < -2 and c["p_adjusted"] < 0.05
+    assert c["verdict"].startswith("better than the baseline beyond seed-to-seed noise")
+    assert c["unpaired"] == []  # same shapes: a seed gives both the same weights and batches
+    # the first 4 of those seeds point the same way, yet 4 pairs can never reach p < 0.05
+    four = report(study, {k: rows[:4] for k, rows in per_config.items()})["comparisons"][label]
+    assert four["ci_high"] < 0 and four["p_value"] == 0.125
+    assert four["verdict"].startswith("not distinguishable from the baseline: 4 paired seeds")
+    assert "the data lean better" in four["verdict"]
 
 
+@pytest.mark.slow  # a study tuned and its seeds trained
 def test_identical_configs_are_not_distinguishable(study):
     configs = configs_to_validate(study, trial=None, top_k=1)
     label = next(k for k in configs if k != "baseline")
@@ -56,10 +54,11 @@ def test_identical_configs_are_not_distinguishable(study):
     assert c["ci_low"] <= 0 <= c["ci_high"] and c["mean_diff"] == 0
 
 
+@pytest.mark.slow  # a study tuned and its seeds trained
 def test_cli_reports_stores_each_seed_and_resumes_without_retraining(tmp_path, study):
     first = validate_cli(tmp_path, "--study", "smoke", "--seeds", "2")
     assert first.returncode == 0, first.stderr
-    assert "warning: 2 seeds give a wide, unreliable interval" in first.stderr
+    assert "warning: 2 paired seeds can never show a difference beyond" in first.stderr
     assert (
         "vs baseline**: test loss difference" in first.stdout
         and "Winner's optimism" in first.stdout
@@ -89,6 +88,7 @@ def test_cli_reports_stores_each_seed_and_resumes_without_retraining(tmp_path, s
     assert {m.filename for m in metas} == {"validation.png", "validation.md"}
 
 
+@pytest.mark.slow  # a study tuned and its seeds trained
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -120,6 +120,7 @@ def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_di
     assert out.returncode == 2 and "has no baseline to compare against" in out.stderr
 
 
+@pytest.mark.slow  # a study tuned and its seeds trained
 def test_analysis_rewrites_its_note_but_keeps_the_validation_section(tmp_path, study):
     import optuna_dashboard
 
@@ -135,3 +136,29 @@ def test_analysis_rewrites_its_note_but_keeps_the_validation_section(tmp_path, s
         note.startswith("# Analysis of smoke")
         and "## Validation on the test split (2 paired seeds)" in note
     )
+
+
+def test_winners_optimism_is_in_the_units_of_the_studys_metric():
+    study = optuna.create_study()
+    study.set_user_attr("hpo.spec", {"objective": {"metric": "val/bpb"}})
+    study.add_trial(optuna.trial.create_trial(value=1.50))  # a value in bits per byte
+    rows = [
+        {"val/loss": 1.05 + i / 100, "val/bpb": 1.52 + i / 100, "test/loss": 1.1, "test/bpb": 1.6}
+        for i in range(3)
+    ]
+    c = report(study, {"trial_0": rows, "baseline": rows})["comparisons"]["trial_0"]
+    assert c["metric"] == "val/bpb" and c["multi_seed_value"] == pytest.approx(1.53)
+    assert c["winners_optimism"] == pytest.approx(0.03)  # bpb against bpb, never nats
+
+
+@pytest.mark.slow  # a study tuned and its seeds trained
+def test_a_study_without_a_test_split_is_refused_before_any_training(tmp_path, cache_dir):
+    storage = sqlite_url(tmp_path)
+    no_test_split = sets("data.splits=0.95,0.05,0", "train.max_steps=20")
+    run_hpo(tmp_path, "--study", "smoke", "--trials", "2", *no_test_split)
+    out = validate_cli(tmp_path, "--study", "smoke", "--seeds", "2")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: the test split of corpus 'stdlib' has 0 tokens")
+    stored = optuna.load_study(study_name="smoke", storage=storage).user_attrs
+    assert not [k for k in stored if k.startswith(ATTR)]  # not a seed was trained
+    assert not (tmp_path / "runs" / "smoke" / "validate").exists()

@@ -3,93 +3,47 @@ killed with SIGKILL mid-trial, and every command reading the same database."""
 
 import json
 import os
+import pickle
 import signal
 import subprocess
-import sys
-import threading
-import time
-import urllib.request
-import uuid
 from collections import Counter
 
 import optuna
-import psycopg
 import pytest
 from optuna.trial import TrialState
 
+from hpo.record import TrialRecord
 from hpo.storage import open_storage
+from hpo.work import exit_description
+from tests.helpers import (
+    COUNTED,
+    SMOKE_FAST,
+    finish,
+    free_port,
+    http_get,
+    run,
+    sets,
+    start,
+    wait_for,
+    watch_with_dashboard,
+)
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@pytest.fixture
-def pg_url():
-    """A database of its own for each test on the local server, dropped afterwards."""
-    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({e}); start it (see README)")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def env(tmp_path, cache_dir):
-    # short heartbeats so that a dead worker's trial is noticed in seconds, not minutes
-    return {
-        **os.environ,
-        "HPO_RUNS_DIR": str(tmp_path / "runs"),
-        "HPO_HEARTBEAT_S": "1",
-        "HPO_GRACE_S": "6",
-    }
-
-
-def start(module, *args, env):
-    quiet = ["--no-progress"] if module != "hpo.analyze" else []
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args, *quiet],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
-
-
-def finish(proc, timeout=400):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{proc.args} did not finish: {err[-3000:]}")
-    return proc.returncode, out, err
+pytestmark = pytest.mark.slow  # PostgreSQL, several worker processes, real training
 
 
 def load(url, name="smoke"):
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
-def wait_for(condition, timeout=180, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
+@pytest.fixture
+def env(env):
+    # short heartbeats so that a dead worker's trial is noticed in seconds, not minutes
+    return {**env, "HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "6"}
 
 
 # A trial of this length spans several evaluations (checkpoints), so a kill lands mid-trial;
 # no pruning, so every trial runs long enough to be caught.
-LONG_TRIALS = [
-    "--pruner",
-    "none",
-    "--set",
-    "train.max_steps=150",
-    "--set",
-    "train.eval_interval=10",
-]
+LONG_TRIALS = ["--pruner", "none", *sets("train.max_steps=150", "train.eval_interval=10")]
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -103,16 +57,17 @@ def fault_setup(request, tmp_path):
 def test_a_worker_killed_mid_trial_loses_nothing(fault_setup, env, tmp_path):
     url, n_workers, watch = fault_setup
     target = 2 * n_workers + 1
-    first = start("hpo.run", "--study", "smoke", "--trials", str(target), "--storage", url, *LONG_TRIALS, env=env)  # fmt: skip
+    study = ["--study", "smoke", "--storage", url]
+    first = start("hpo.run", *study, "--trials", str(target), *LONG_TRIALS, env=env)
     wait_for(lambda: _study_exists(url), what="the study to be created")
-    joiners = [start("hpo.worker", "--study", "smoke", "--storage", url, env=env) for _ in range(n_workers - 1)]  # fmt: skip
+    joiners = [start("hpo.worker", *study, env=env) for _ in range(n_workers - 1)]
     victim = joiners[0]
-    dashboard = _watch_with_dashboard(url, env) if watch else None
+    dashboard = watch_with_dashboard(url, env) if watch else None
 
     def victims_trial_mid_way():
         for t in load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if (
-                t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+                TrialRecord.of(t).worker.endswith(f":{victim.pid}")
                 and len(t.intermediate_values) >= 2
             ):
                 return t
@@ -140,15 +95,15 @@ def test_a_worker_killed_mid_trial_loses_nothing(fault_setup, env, tmp_path):
     dead = trials[doomed.number]
     assert dead.state == TrialState.FAIL
     assert (
-        dead.user_attrs["stop_reason"] == "crashed"
-        and "heartbeat" in dead.user_attrs["fail_reason"]
+        TrialRecord.of(dead).stop_reason == "crashed"
+        and "heartbeat" in TrialRecord.of(dead).fail_reason
     )
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == doomed.number]
+    retries = [t for t in trials if TrialRecord.of(t).retry_of == doomed.number]
     assert len(retries) == 1
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params
     # resumed from the dead trial's last checkpoint, not from step 0
-    assert retry.user_attrs["resumed_from_step"] >= max(doomed.intermediate_values)
+    assert TrialRecord.of(retry).resumed_from_step >= max(doomed.intermediate_values)
     assert set(dead.intermediate_values) <= set(retry.intermediate_values)
     assert max(retry.intermediate_values) == 150
     # no completed trial lost or changed; the only failed trial is the one that was killed
@@ -159,34 +114,6 @@ def test_a_worker_killed_mid_trial_loses_nothing(fault_setup, env, tmp_path):
     assert not (tmp_path / "runs" / "smoke" / "checkpoints" / f"trial_{doomed.number}").exists()
 
 
-def _watch_with_dashboard(url, env):
-    """optuna-dashboard polling the study as an open browser tab does; returns a stop function
-    that gives the number of answers it got."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpo.dashboard", "--storage", url, "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )  # fmt: skip
-    stop, polls = threading.Event(), [0]
-
-    def watch():
-        while not stop.is_set():
-            if _get(f"http://127.0.0.1:{port}/api/studies/1?after=0"):
-                polls[0] += 1
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-
-    def done():
-        stop.set()
-        watcher.join()
-        os.killpg(server.pid, signal.SIGKILL)
-        return polls[0]
-
-    return done
-
-
 def _study_exists(url):
     try:
         return "hpo.target" in load(url).user_attrs
@@ -195,26 +122,20 @@ def _study_exists(url):
 
 
 def test_every_command_works_on_postgres(pg_url, env, tmp_path):
-    code, _, err = finish(start("hpo.run", "--study", "smoke", "--trials", "3", "--pruner", "none", "--storage", pg_url, env=env))  # fmt: skip
-    assert code == 0, err[-3000:]
+    study = ["--study", "smoke", "--storage", pg_url]
+    run("hpo.run", *study, "--trials", "3", "--pruner", "none", env=env)
     # a worker joining a study that has reached its target has nothing to do
-    code, _, err = finish(start("hpo.worker", "--study", "smoke", "--storage", pg_url, env=env))
-    assert code == 0 and "3/3 trials done" in err, err[-3000:]
-
-    code, out, err = finish(start("hpo.analyze", "--study", "smoke", "--storage", pg_url, "--resamples", "3", env=env))  # fmt: skip
-    assert code == 0 and "# Analysis of smoke" in out, err[-3000:]
-
-    code, out, err = finish(start("hpo.validate", "--study", "smoke", "--storage", pg_url, "--seeds", "2", env=env))  # fmt: skip
-    assert code == 0, err[-3000:]
+    assert "3/3 trials done" in run("hpo.worker", *study, env=env).stderr
+    assert "# Analysis of smoke" in run("hpo.analyze", *study, "--resamples", "3", env=env).stdout
+    run("hpo.validate", *study, "--seeds", "2", env=env)
     assert "hpo.validate.report" in load(pg_url).user_attrs
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpo.dashboard", "--storage", pg_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )  # fmt: skip
+    port = free_port()
+    server = start("hpo.dashboard", "--storage", pg_url, "--port", str(port), env=env)
     try:
-        body = wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/studies"), what="the dashboard")
+        body = wait_for(
+            lambda: http_get(f"http://127.0.0.1:{port}/api/studies"), what="the dashboard"
+        )
     finally:
         os.killpg(server.pid, signal.SIGKILL)
     studies = json.loads(body)["study_summaries"]
@@ -232,16 +153,92 @@ def test_worker_refuses_clearly(pg_url, env):
     assert code == 2 and "cannot open storage" in err and len(err.strip().splitlines()) == 1
 
 
-def _free_port():
-    import socket
+def _postgres(action):
+    """Stop, start or restart this machine's PostgreSQL server (as CI's services are run)."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    cluster = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
+    subprocess.run(cluster, check=True, capture_output=True, timeout=120)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _get(url):
-    try:
-        return urllib.request.urlopen(url, timeout=5).read()
-    except OSError:
+def _mid_trial(url):
+    """A running trial with a few evaluations stored, after at least one finished trial."""
+    trials = load(url).get_trials(deepcopy=False)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
         return None
+    running = [
+        t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2
+    ]
+    return running[0] if running else None
+
+
+def test_a_database_restart_mid_study_loses_nothing(pg_url, env):
+    args = ["--study", "smoke", "--trials", "4", "--storage", pg_url, *LONG_TRIALS]
+    proc = start("hpo.run", *args, env=env)
+    wait_for(lambda: _study_exists(pg_url), what="the study")
+    wait_for(lambda: _mid_trial(pg_url), what="a trial mid-way")
+    done_before = {t.number: t.value for t in load(pg_url).trials if t.state == TrialState.COMPLETE}
+    _postgres("restart")
+    code, _, err = finish(proc)
+    if code != 0:  # a query was cut mid-flight: one clear line, and a rerun finishes the study
+        assert code == 1 and "Traceback" not in err, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith(f"error: lost the storage {pg_url}")
+        code, _, err = finish(start("hpo.run", *args, env=env))
+    assert code == 0, err[-3000:]
+    trials = load(pg_url).get_trials()
+    assert sum(t.state in COUNTED for t in trials) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all(TrialRecord.of(t).stop_reason for t in trials if t.state == TrialState.FAIL)
+    after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+    assert done_before.items() <= after.items()
+
+
+def test_a_database_gone_for_good_ends_the_run_in_one_line_and_the_trial_is_retried(pg_url, env):
+    env = {**env, "HPO_STORAGE_RETRY_S": "3"}
+    args = ["--study", "smoke", "--trials", "3", "--storage", pg_url, *LONG_TRIALS]
+    proc = start("hpo.run", *args, env=env)
+    wait_for(lambda: _study_exists(pg_url), what="the study")
+    stranded = wait_for(lambda: _mid_trial(pg_url), what="a trial mid-way")
+    done_before = {t.number: t.value for t in load(pg_url).trials if t.state == TrialState.COMPLETE}
+    _postgres("stop")
+    try:
+        code, _, err = finish(proc, timeout=120)  # it must end, not hang
+    finally:
+        _postgres("start")
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"error: lost the storage {pg_url}")
+    # the rerun finds the stranded trial silent, fails it as crashed and retries it from its
+    # last checkpoint
+    code, _, err = finish(start("hpo.run", *args, env=env))
+    assert code == 0, err[-3000:]
+    trials = load(pg_url).get_trials()
+    assert sum(t.state in COUNTED for t in trials) == 3
+    dead = trials[stranded.number]
+    assert dead.state == TrialState.FAIL and TrialRecord.of(dead).stop_reason == "crashed"
+    (retry,) = [t for t in trials if TrialRecord.of(t).retry_of == stranded.number]
+    assert retry.state == TrialState.COMPLETE and TrialRecord.of(retry).resumed_from_step > 0
+    after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+    assert done_before.items() <= after.items()
+
+
+def test_a_password_in_the_storage_url_is_never_shown_or_written(pg_url, env, tmp_path):
+    secret = "s3cr3t-pw"
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust auth: any password works
+    out = run(
+        "hpo.run", "--study", "smoke", "--trials", "2", "--storage", url, *SMOKE_FAST, env=env
+    )
+    assert secret not in out.stdout + out.stderr
+    assert "postgres:***@" in out.stderr  # where it is named, masked
+    assert f"watch it: optuna-dashboard {pg_url} (its password from PGPASSWORD" in out.stderr
+    # nothing under runs/ holds it; the study run last is remembered without it
+    for path in (tmp_path / "runs").rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+    assert json.loads((tmp_path / "runs" / "last_study.json").read_text())["storage"] == pg_url
+    # nor does the storage when pickled (Ray saves its searcher, storage included, to disk)
+    assert secret.encode() not in pickle.dumps(open_storage(url))
+    # the commands after it find the study the password-free URL names
+    assert "# Analysis of smoke" in run("hpo.analyze", "--resamples", "2", env=env).stdout
+
+
+def test_a_killed_worker_process_is_named_with_its_signal():
+    assert exit_description(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert exit_description(1) == "exited with code 1 (its error is above)"

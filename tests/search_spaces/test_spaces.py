@@ -1,12 +1,14 @@
 """Property tests: samples stay in bounds, conditional parameters appear exactly when their
 condition holds, batch sizes are powers of two, and a seed fixes the whole sequence."""
 
+import inspect
 import math
 
 import optuna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optuna.distributions import FloatDistribution, IntDistribution
 
 import search_spaces
 from search_spaces import architecture, batch_size, optimizer, regularization, schedule
@@ -33,18 +35,29 @@ def sample(space, n=60, seed=0, sampler="random", **bounds):
     names=st.lists(st.sampled_from(["adamw", "adam", "sgd"]), min_size=1, max_size=3, unique=True),
 )
 def test_optimizer_samples_stay_in_bounds_and_conditions_hold(low, span, names):
-    for params, out in sample(optimizer.suggest, n=20, lr=(low, low * span), names=names):
-        assert low <= out["optim.lr"] <= low * span
+    sgd_range = (10 * low, 10 * low * span)
+    for params, out in sample(
+        optimizer.suggest, n=20, lr=(low, low * span), sgd_lr=sgd_range, names=names
+    ):
         assert out["optim.name"] in names
         adam = out["optim.name"] in optimizer.ADAM_FAMILY
+        # each family samples its learning rate from its own range, under its own name
+        assert ("optim.lr" in params) == adam and ("optim.sgd_lr" in params) == (not adam)
+        lr_range = (low, low * span) if adam else sgd_range
+        assert lr_range[0] <= out["optim.lr"] <= lr_range[1]
         assert ("optim.one_minus_beta1" in params) == adam
         assert ("optim.beta1" in out) == adam and ("optim.beta2" in out) == adam
         assert ("optim.one_minus_momentum" in params) == (out["optim.name"] == "sgd")
         if adam:
             assert 0.7 <= out["optim.beta1"] <= 0.99 and 0.9 <= out["optim.beta2"] <= 0.999
-        assert ("optim.weight_decay" in params) == params["optim.weight_decay_on"]
+        # decoupled decay for AdamW, an L2 penalty for Adam and SGD: two parameters, two ranges
+        decay = "optim.weight_decay" if out["optim.name"] == "adamw" else "optim.l2"
+        assert (decay in params) == params["optim.weight_decay_on"]
+        assert {"optim.weight_decay", "optim.l2"} - {decay} & set(params) == set()
         if not params["optim.weight_decay_on"]:
             assert out["optim.weight_decay"] == 0.0
+        else:
+            assert out["optim.weight_decay"] == params[decay]
         assert ("optim.name" in params) == (len(names) > 1)
 
 
@@ -114,10 +127,16 @@ def test_same_seed_same_sequence(sampler):
             "optimizer.lr: a log-scale range needs low > 0, but got low=0.0",
         ),
         (optimizer.suggest, {"names": ["adamw", "lion"]}, "unknown choice 'lion'"),
-        (optimizer.suggest, {"one_minus_beta2": (0.01, 1.5)}, "1 - beta must stay below 1"),
+        (
+            optimizer.suggest,
+            {"one_minus_beta2": (0.01, 1.5)},
+            "optimizer.one_minus_beta2: must lie in (0, 1), but got [0.01, 1.5]",
+        ),
         (batch_size.suggest, {"batch_size": (8, 48)}, "bounds must be powers of two, but got 48"),
         (schedule.suggest, {"warmup_fracs": [0.0, 1.5]}, "each must be in [0, 1)"),
         (architecture.suggest, {"n_layer": (2.5, 4)}, "must be whole numbers"),
+        (architecture.suggest, {"n_layer": (0, 4)}, "architecture.n_layer: must lie in [1, inf)"),
+        (schedule.suggest, {"min_lr_frac": (0.0, 1.5)}, "must lie in [0, 1], but got [0.0, 1.5]"),
         (regularization.suggest, {"dropout": (0.0, 1.0)}, "must lie in [0, 1)"),
     ],
 )
@@ -132,3 +151,22 @@ def test_yaml_style_string_numbers_are_accepted():
     trial = optuna.create_study().ask()
     out = optimizer.suggest(trial, lr=("1e-4", "1e-2"))
     assert 1e-4 <= out["optim.lr"] <= 1e-2
+
+
+@pytest.mark.parametrize("space", list(search_spaces.SPACES))
+def test_every_numeric_parameter_declares_its_bound(space):
+    """hpo.diagnostics reads search_spaces.BOUNDS to advise a range: each numeric parameter a
+    space samples must be declared there, under its space and a bound its suggest() takes."""
+    keywords = inspect.signature(search_spaces.SPACES[space]).parameters
+    bounds = {"names": ["adamw", "adam", "sgd"]} if space == "optimizer" else {}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        search_spaces.SPACES[space](trial, **bounds)
+        for name, dist in study.tell(trial, 0.0).distributions.items():
+            if isinstance(dist, FloatDistribution | IntDistribution):
+                bound = search_spaces.BOUNDS[name]
+                assert bound.space == space and bound.name in keywords and bound.param == name
+                seen.add(name)
+    assert seen == {b.param for b in search_spaces.BOUNDS.values() if b.space == space}

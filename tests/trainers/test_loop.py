@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from trainers import DivergedError, OutOfMemoryError, StopTraining, train
+from trainers import DivergedError, OutOfMemoryError, StopTraining, checkpoint, train
+from trainers.data import load_data
 
 
 def test_loss_falls_on_a_tiny_config(tiny_cfg):
@@ -21,9 +22,8 @@ def test_loss_falls_on_a_tiny_config(tiny_cfg):
     assert result.stop_reason == "max_steps" and result.steps == 60
     assert result.tokens == 60 * 8 * 32
     assert result.tokens_per_s > 0 and result.n_params > 0
-    assert result.metrics["val/bpb"] == pytest.approx(
-        losses[-1] / math.log(2)
-    )  # chars ~ bytes here
+    # chars ~ bytes here
+    assert result.metrics["val/bpb"] == pytest.approx(losses[-1] / math.log(2))
 
 
 def test_same_seed_same_losses_other_seed_other_losses(tiny_cfg):
@@ -37,9 +37,8 @@ def test_same_seed_same_losses_other_seed_other_losses(tiny_cfg):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path):
-    cfg = tiny_cfg.with_overrides(
-        {"model.dropout": 0.1}
-    )  # dropout: the RNG state must be restored too
+    # dropout: the RNG state must be restored too
+    cfg = tiny_cfg.with_overrides({"model.dropout": 0.1})
     straight = train(cfg, checkpoint_dir=tmp_path / "a")
 
     def interrupt(step, metrics):
@@ -134,9 +133,48 @@ def test_every_optimizer_and_schedule_trains(tiny_cfg, name, schedule):
 
 def test_schedule_warms_up_then_decays_to_the_floor(tiny_cfg):
     cfg = tiny_cfg.with_overrides({"schedule.warmup_frac": 0.5, "schedule.min_lr_frac": 0.1})
-    lrs = [row["lr"] for row in train(cfg).history]  # after steps 20, 40, 60 of 60 (30 warmup)
+    lrs = [row["lr"] for row in train(cfg).history]  # used by steps 20, 40, 60 (30 warmup)
     assert lrs[0] < lrs[1] <= 3e-3
     assert lrs[2] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_last_step_trains_at_the_floor(tiny_cfg, schedule):
+    # 20 steps, 1 of warmup: the decay must end on the last step taken, not one past it
+    cfg = tiny_cfg.with_overrides(
+        {
+            "schedule.name": schedule,
+            "schedule.warmup_frac": 0.05,
+            "schedule.min_lr_frac": 0.1,
+            "train.max_steps": 20,
+            "train.eval_interval": 10,
+        }
+    )
+    lrs = [row["lr"] for row in train(cfg).history]
+    assert lrs[-1] == pytest.approx(0.1 * 3e-3) and lrs[0] > lrs[-1]
+
+
+def test_a_finite_loss_far_above_a_uniform_guess_is_divergence(tiny_cfg):
+    # adam at lr 50: the loss stays finite but is thousands of times a uniform guess's
+    cfg = tiny_cfg.with_overrides({"optim.lr": 50.0, "schedule.warmup_frac": 0.0})
+    with pytest.raises(DivergedError) as err:
+        train(cfg)
+    vocab = load_data(cfg.data, block_size=cfg.model.block_size).vocab_size
+    assert err.value.limit == pytest.approx(2 * math.log(vocab))
+    assert math.isfinite(err.value.loss) and err.value.loss > err.value.limit
+
+
+def test_best_weights_are_saved_before_the_state_that_points_at_them(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    # a crash between the two writes must leave a last.pt whose best step has its weights
+    written = []
+    save = checkpoint.save
+    monkeypatch.setattr(
+        checkpoint, "save", lambda path, state: (written.append(path.name), save(path, state))
+    )
+    train(tiny_cfg, checkpoint_dir=tmp_path)
+    assert written[:2] == ["best.pt", "last.pt"]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
@@ -153,9 +191,14 @@ def test_hf_pretrained_checkpoint_is_fine_tuned(tiny_cfg, tmp_path):
     import transformers
 
     config = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "ckpt")
     cfg = tiny_cfg.with_overrides(
         {
@@ -185,12 +228,13 @@ def test_cli_prints_one_json_line(tiny_cfg, cache_dir):
         text=True,
         check=True,
     )
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (
-        summary["steps"] == 60
-        and summary["val/loss"] < 3.5
-        and summary["stop_reason"] == "max_steps"
-    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["steps"] == 60 and summary["stop_reason"] == "max_steps"
+    assert summary["val/loss"] < 3.5
+    # the parameter count goes by its one name everywhere
+    assert summary["n_params"] > 0 and "params" not in summary
 
 
 def test_cli_refuses_a_bad_override_in_one_line():

@@ -3,53 +3,37 @@
 A population of 4 tiny models, 60 steps, a perturbation every 20 steps, on a local 2-CPU Ray.
 """
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-TINY = [f"--set={kv}" for kv in (
-    "data.max_chars=300000", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-    "model.block_size=32", "train.batch_size=8", "train.max_steps=60", "train.eval_interval=10",
-    "train.eval_batches=2",
-)]  # fmt: skip
+from hpo.record import TrialRecord
+from tests.helpers import run_ray, sets, sqlite_url
+
+TINY = sets(
+    *("data.max_chars=300000", "model.n_layer=1", "model.n_head=2", "model.n_embd=32"),
+    *("model.block_size=32", "train.batch_size=8", "train.max_steps=60"),
+    *("train.eval_interval=10", "train.eval_batches=2"),
+)
+
+pytestmark = pytest.mark.slow  # a local Ray cluster and real training
 
 
 @pytest.fixture
-def env(tmp_path, cache_dir):
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # unix socket paths: at most 107 bytes
-    yield {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs"), "RAY_TMPDIR": ray_tmp}
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+def env(ray_env):
+    return ray_env
 
 
-def run_ray(tmp_path, env, *args):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo.run", "--storage", f"sqlite:///{tmp_path}/hpo.db",
-         "--no-progress", "--backend", "ray", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, err = proc.communicate(timeout=500)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the local Ray this run started, if left
-    assert proc.returncode == 0, err[-4000:]
-    return optuna.load_study(study_name="pbt", storage=f"sqlite:///{tmp_path}/hpo.db")
+def run_pbt(tmp_path, env, *args):
+    run_ray(tmp_path, env, "--study", "pbt", *args)
+    return optuna.load_study(study_name="pbt", storage=sqlite_url(tmp_path))
 
 
 def test_pbt_exploits_copy_weights_and_the_population_improves(tmp_path, env):
-    study = run_ray(tmp_path, env, "--study", "pbt", *TINY)
+    study = run_pbt(tmp_path, env, *TINY)
     ts = study.get_trials()
     assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
-    assert all(t.user_attrs["steps"] == 60 for t in ts)
+    assert all(TrialRecord.of(t).steps == 60 for t in ts)
 
     events = [(t, e) for t in ts for e in t.user_attrs.get("pbt.lineage", [])]
     assert events, "no member was ever exploited"
@@ -81,7 +65,7 @@ def test_pbt_exploits_copy_weights_and_the_population_improves(tmp_path, env):
 
 
 def test_pb2_exploits_and_chooses_new_values_within_the_bounds(tmp_path, env):
-    study = run_ray(tmp_path, env, "--study", "pbt", "--scheduler", "pb2", *TINY)
+    study = run_pbt(tmp_path, env, "--scheduler", "pb2", *TINY)
     ts = study.get_trials()
     assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
     events = [(t, e) for t in ts for e in t.user_attrs.get("pbt.lineage", [])]

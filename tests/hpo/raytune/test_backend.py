@@ -4,14 +4,8 @@ Each test runs hpo.run in its own process session, so whatever happens, the fina
 end the Ray processes that run started (and no others).
 """
 
-import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,78 +14,56 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.analyze import analyze
+from hpo.record import TrialRecord
 from hpo.validate import configs_to_validate
+from tests.helpers import (
+    counted,
+    finish,
+    free_port,
+    run_hpo,
+    run_ray,
+    sets,
+    sqlite_url,
+    start,
+    trials_at,
+    trials_so_far,
+    wait_for,
+)
 from trainers import TrainConfig, score_checkpoint
+
+pytestmark = pytest.mark.slow  # a local Ray cluster and real training
 
 TINY = ["--set", "train.max_steps=30"]  # 3 evaluations: still prunable
 
 
 @pytest.fixture
-def env(tmp_path, cache_dir):
-    """Runs dir, database and a short Ray temp dir (unix socket paths are capped at 107 bytes)."""
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    yield {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs"), "RAY_TMPDIR": ray_tmp}
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def storage(tmp_path):
-    return f"sqlite:///{tmp_path}/hpo.db"
-
-
-def start(tmp_path, env, *args):
-    cmd = [sys.executable, "-m", "hpo.run", "--storage", storage(tmp_path), "--no-progress",
-           "--backend", "ray", *args]  # fmt: skip
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def finish(proc, timeout=400):
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the local Ray it started, if anything is left
-    return proc.returncode, err
-
-
-def run_ray(tmp_path, env, *args, expect=0):
-    code, err = finish(start(tmp_path, env, *args))
-    assert code == expect, err[-4000:]
-    return err
-
-
-def trials(tmp_path, name="smoke"):
-    return optuna.load_study(study_name=name, storage=storage(tmp_path)).get_trials()
-
-
-def counted(ts):
-    return [t for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+def env(ray_env):
+    return ray_env
 
 
 def test_six_trials_land_in_the_optuna_storage(tmp_path, env):
     err = run_ray(tmp_path, env, "--study", "smoke", "--trials", "6")
-    ts = trials(tmp_path)
+    ts = trials_at(tmp_path)
     states = Counter(t.state for t in ts)
     assert len(ts) == len(counted(ts)) == 6
     assert states[TrialState.PRUNED] >= 1 and states[TrialState.COMPLETE] >= 1  # ASHA at work
     for t in counted(ts):
-        a = t.user_attrs
-        assert a["backend"] == "ray" and a["ray.trial_id"] and a["ray.node_id"]
-        assert a["tokens_per_s"] > 0 and a["params"] > 0 and a["wall_time_s"] > 0
-        assert a["manifest"]["config"]["train"]["max_steps"] == 60
-        assert a["manifest"].get("steps", a["steps"]) == a["steps"] and a["metrics"]["val/loss"] > 0
-        assert max(t.intermediate_values) == a["steps"]  # every evaluation, at its step
-        assert sorted(t.intermediate_values) == list(range(10, a["steps"] + 1, 10))
+        r = TrialRecord.of(t)  # the same typed record as the Optuna backend writes
+        assert r.backend == "ray" and t.user_attrs["ray.trial_id"] and t.user_attrs["ray.node_id"]
+        assert r.tokens_per_s > 0 and r.n_params > 0 and r.wall_time_s > 0
+        assert r.manifest["config"]["train"]["max_steps"] == 60
+        assert r.manifest["steps"] == r.steps and r.metrics["val/loss"] > 0
+        assert r.tokens == r.steps * 8 * 32 and r.max_tokens == 60 * 8 * 32
+        assert max(t.intermediate_values) == r.steps  # every evaluation, at its step
+        assert sorted(t.intermediate_values) == list(range(10, r.steps + 1, 10))
         if t.state == TrialState.PRUNED:
-            assert a["stop_reason"] == "pruned" and a["steps"] < a["max_steps"]
+            assert r.stop_reason == "pruned" and r.steps < r.max_steps
         else:
-            assert a["stop_reason"] == "max_steps" and a["steps"] == 60
+            assert r.stop_reason == "max_steps" and r.steps == 60
             assert t.value == min(t.intermediate_values.values())
-            assert t.intermediate_values[a["best_step"]] == t.value
+            assert t.intermediate_values[r.best_step] == t.value
         if t.params.get("optim.name", "adamw") == "adamw":
-            assert 0 < a["optim.beta2"] < 1  # derived values, as the Optuna backend records
+            assert 0 < r.derived["optim.beta2"] < 1  # derived values, as the Optuna backend records
     best = min((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert f"best: trial {best.number}" in err and "saved by pruning" in err
     assert "ray: start-up" in err
@@ -101,10 +73,10 @@ def test_six_trials_land_in_the_optuna_storage(tmp_path, env):
     assert not (tmp_path / "runs" / "ray" / "smoke").exists()
 
     # what validate and analyze read works on a Ray-run study
-    study = optuna.load_study(study_name="smoke", storage=storage(tmp_path))
+    study = optuna.load_study(study_name="smoke", storage=sqlite_url(tmp_path))
     configs = configs_to_validate(study, trial=None, top_k=1)
     cfg = configs[f"trial_{best.number}"]
-    assert cfg == TrainConfig.from_dict(best.user_attrs["manifest"]["config"])
+    assert cfg == TrainConfig.from_dict(TrialRecord.of(best).manifest["config"])
     scores = score_checkpoint(cfg, root / f"trial_{best.number}" / "best.pt", split="val")
     assert abs(scores["val/loss"] - best.value) < 0.3  # the whole split vs 2 fixed batches
     result = analyze(study, resamples=2, out=tmp_path / "report")
@@ -123,43 +95,32 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path, env, monkeypat
         cluster.wait_for_nodes()
         nodes = {n.node_id for n in cluster.list_all_nodes()}
         assert len(nodes) == 2
-        # trials long enough that a finished trial's worker cannot take the next one before
-        # the other node's worker is up: with 1 CPU per node, two at a time means both nodes
-        run_ray(tmp_path, env, "--study", "smoke", "--trials", "4", "--address",
-                cluster.address, "--scheduler", "fifo", "--set", "train.max_steps=1500",
-                "--set", "train.eval_interval=100")  # fmt: skip
+        # the first two trials start together, one per node (1 CPU each), and last long enough
+        # that a finished trial's worker cannot take the other's before its worker is up
+        long = sets("train.max_steps=2500", "train.eval_interval=100")
+        args = ["--study", "smoke", "--trials", "4", "--scheduler", "fifo", *long]
+        run_ray(tmp_path, env, *args, "--address", cluster.address)
     finally:
         cluster.shutdown()
-    ts = trials(tmp_path)
-    assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
+    ts = trials_at(tmp_path)
+    ends = [(t.state.name, TrialRecord.of(t).fail_reason) for t in ts]
+    # (a long smoke trial may diverge at a high sampled lr: pruned, still a finished trial)
+    assert len(ts) == len(counted(ts)) == 4, ends
     assert {t.user_attrs["ray.node_id"] for t in ts} == nodes  # each node ran trials
     assert all(t.user_attrs["ray.experiment"] == "smoke" for t in ts)
 
 
-def wait_for(predicate, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            found = predicate()
-        except Exception:  # the database is still being created
-            found = None
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError("timed out waiting")
-
-
 def test_a_crashed_trial_is_retried_and_an_interrupted_run_restored(tmp_path, env):
     # one trial at a time, long enough to be caught mid-way
-    args = ["--study", "smoke", "--trials", "2", "--scheduler", "fifo", "--max-concurrent", "1",
-            "--set", "train.max_steps=400"]  # fmt: skip
-    proc = start(tmp_path, env, *args)
+    one_at_a_time = ["--scheduler", "fifo", "--max-concurrent", "1"]
+    args = ["--study", "smoke", "--trials", "2", *one_at_a_time, *sets("train.max_steps=400")]
+    proc = start("hpo.run", "--storage", sqlite_url(tmp_path), "--backend", "ray", *args, env=env)
     try:
         # kill the worker process of trial 0 after it has checkpointed a few evaluations
         first = wait_for(
             lambda: [
                 t
-                for t in trials(tmp_path)
+                for t in trials_so_far(tmp_path)
                 if len(t.intermediate_values) >= 3 and t.user_attrs.get("ray.pid")
             ]
         )[0]
@@ -167,18 +128,21 @@ def test_a_crashed_trial_is_retried_and_an_interrupted_run_restored(tmp_path, en
         # then interrupt the whole run while trial 1 is under way
         wait_for(
             lambda: [
-                t for t in trials(tmp_path) if t.number == 1 and len(t.intermediate_values) >= 3
+                t
+                for t in trials_so_far(tmp_path)
+                if t.number == 1 and len(t.intermediate_values) >= 3
             ]
         )
         proc.send_signal(signal.SIGINT)
-        code, err = finish(proc)
+        code, _, err = finish(proc)
     finally:
-        finish(proc, timeout=60) if proc.poll() is None else None
+        if proc.poll() is None:
+            finish(proc, timeout=60)
     assert code == 130, err[-4000:]
     assert "rerun the same command to restore the Ray experiment" in err
-    ts = trials(tmp_path)
+    ts = trials_at(tmp_path)
     retried = ts[0]
-    assert retried.state == TrialState.COMPLETE and retried.user_attrs["steps"] == 400
+    assert retried.state == TrialState.COMPLETE and TrialRecord.of(retried).steps == 400
     (at,) = retried.user_attrs["ray.resumed_at"]  # from its checkpoint, not from scratch
     assert at >= 30 and at % 10 == 0
     assert sorted(retried.intermediate_values) == list(range(10, 401, 10))
@@ -187,7 +151,7 @@ def test_a_crashed_trial_is_retried_and_an_interrupted_run_restored(tmp_path, en
 
     err = run_ray(tmp_path, env, *args)
     assert "restoring the interrupted Ray experiment" in err
-    ts = trials(tmp_path)
+    ts = trials_at(tmp_path)
     assert len(ts) == 2 and all(t.state == TrialState.COMPLETE for t in ts)
     resumed = ts[1].user_attrs["ray.resumed_at"]
     assert len(resumed) == 1 and 10 <= resumed[0] <= interrupted_at
@@ -202,25 +166,22 @@ def test_a_crashed_trial_is_retried_and_an_interrupted_run_restored(tmp_path, en
         (["--scheduler", "asha", "--pruner", "sha"], "error: --pruner and --scheduler both"),
         (
             ["--scheduler", "pbt", "--set", "optim.lr=1e-3"],
-            "error: --scheduler pbt perturbs optim.lr, which --set fixes",
+            "error: --set optim.lr is set by the search space 'optimizer' in every trial",
         ),
         (["--cpus-per-trial", "0"], "error: --cpus-per-trial must be positive"),
         (["--gpus-per-trial", "1"], "error: no node of the Ray cluster has 1 CPU and 1 GPU"),
+        (["--trials-per-gpu", "2"], "error: no node of the Ray cluster has 1 CPU and 0.5 GPU"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_stored(tmp_path, env, args, message):
-    code, err = finish(start(tmp_path, env, "--study", "smoke", *args), timeout=120)
-    assert code == 2 and err.startswith(message), err
+    err = run_ray(tmp_path, env, "--study", "smoke", *args, expect=2)
+    assert err.startswith(message), err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "hpo.db").exists()
 
 
 def test_ray_flags_need_the_ray_backend(tmp_path, env):
-    out = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--storage", storage(tmp_path), "--study", "smoke",
-         "--scheduler", "asha"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    out = run_hpo(tmp_path, "--study", "smoke", "--scheduler", "asha", env=env, check=False)
     assert out.returncode == 2 and out.stderr == "error: --scheduler needs --backend ray\n"
 
 
@@ -232,7 +193,7 @@ def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monk
     # the head's client proxy starts a server process per client and gives it 30 s by default,
     # which a busy 2-core machine can miss; the proxy inherits this from the test's environment
     monkeypatch.setenv("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "180")
-    port = _free_port()
+    port = free_port()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "include_dashboard": False, "ray_client_server_port": port},
@@ -241,21 +202,16 @@ def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monk
         cluster.wait_for_nodes()
         # the local cluster uses token authentication; the client must too
         client_env = {**env, "RAY_AUTH_MODE": "token"}
-        code, err = finish(start(tmp_path, client_env, "--study", "smoke", "--trials", "3",
-                                 "--address", f"ray://127.0.0.1:{port}", *TINY))  # fmt: skip
+        address = ["--address", f"ray://127.0.0.1:{port}"]
+        args = ["--storage", sqlite_url(tmp_path), "--backend", "ray", "--study", "smoke"]
+        code, _, err = finish(
+            start("hpo.run", *args, "--trials", "3", *address, *TINY, env=client_env)
+        )
         logs = sorted(Path(env["RAY_TMPDIR"]).glob("**/logs/ray_client_server*.err"))
         assert code == 0, err[-3000:] + "".join(p.read_text()[-2000:] for p in logs)
         head = {n.node_id for n in cluster.list_all_nodes()}
     finally:
         cluster.shutdown()
-    ts = trials(tmp_path)
+    ts = trials_at(tmp_path)
     assert len(counted(ts)) == 3
     assert {t.user_attrs["ray.node_id"] for t in ts} <= head
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -19,27 +19,23 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.objective import Objective
+from hpo.record import TrialRecord
 from hpo.study_spec import StudySpec, load_study_spec
 from hpo.tracking import Tracker, Tracking, resolve_tracking, tracking_from_study, wandb_mode
 from hpo.validate import validate
+from tests.helpers import SMOKE_FAST, run_hpo, sqlite_url
 from trainers import TrainConfig, TrainerError
 
-SMOKE_FAST = ["--set", "train.max_steps=30"]
 
-
-def run_hpo(tmp_path, *args, env=None, check=True):
+def run_smoke(tmp_path, *, trials, tracking, uri=None, env=None):
+    """hpo.run on the smoke study with short trials, tracking to `tracking` (at `uri`)."""
+    args = ["--study", "smoke", "--trials", str(trials), *SMOKE_FAST, "--tracking", tracking]
     env = {**(env or os.environ), "HPO_RUNS_DIR": str(tmp_path / "runs")}
-    out = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--storage", f"sqlite:///{tmp_path}/hpo.db", "--no-progress", *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return run_hpo(tmp_path, *args, *(["--tracking-uri", uri] if uri else []), env=env)
 
 
 def load_trials(tmp_path, name="smoke"):
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/hpo.db")
+    study = optuna.load_study(study_name=name, storage=sqlite_url(tmp_path))
     return study, study.get_trials()
 
 
@@ -101,10 +97,17 @@ def wandb_run(run_dir: Path) -> dict:
     return out
 
 
+def trained_lr(t):
+    """The learning rate a smoke trial sampled: SGD's has a range and a name of its own."""
+    return t.params.get("optim.lr", t.params.get("optim.sgd_lr"))
+
+
+@pytest.mark.slow  # real studies tracked end to end
 def test_wandb_offline_one_run_per_trial_with_config_and_val_loss_history(tmp_path, cache_dir):
     wandb_dir = tmp_path / "wb"
-    out = run_hpo(tmp_path, "--study", "smoke", "--trials", "4", *SMOKE_FAST,
-                  "--tracking", "wandb", "--tracking-uri", str(wandb_dir), env=offline_env(tmp_path))  # fmt: skip
+    out = run_smoke(
+        tmp_path, trials=4, tracking="wandb", uri=str(wandb_dir), env=offline_env(tmp_path)
+    )
     assert f"wandb sync {wandb_dir}/wandb/offline-run-*" in out.stderr  # offline by itself
     study, trials = load_trials(tmp_path)
     runs = sorted((wandb_dir / "wandb").glob("offline-run-*"))
@@ -119,13 +122,15 @@ def test_wandb_offline_one_run_per_trial_with_config_and_val_loss_history(tmp_pa
         assert t.user_attrs["tracking"]["dir"] == str(d)
         assert run["group"] == "smoke"
         # the full resolved config, the sampled parameters, and the manifest
-        assert run["config"]["optim"]["lr"] == t.params["optim.lr"]
-        assert run["config"]["model"] == t.user_attrs["manifest"]["config"]["model"]
+        assert run["config"]["optim"]["lr"] == trained_lr(t)
+        stored = TrialRecord.of(t).manifest
+        assert run["config"]["model"] == stored["config"]["model"]
         assert run["config"]["hpo"]["params"] == t.params
         manifest = run["config"]["manifest"]
-        assert manifest["data"]["fingerprint"] == t.user_attrs["manifest"]["data"]["fingerprint"]
-        assert manifest["git"] == t.user_attrs["manifest"]["git"]
-        assert json.loads((d / "files" / "manifest.json").read_text())["config"]["optim"]["lr"] == t.params["optim.lr"]  # fmt: skip
+        assert manifest["data"]["fingerprint"] == stored["data"]["fingerprint"]
+        assert manifest["git"] == stored["git"]
+        written = json.loads((d / "files" / "manifest.json").read_text())
+        assert written["config"]["optim"]["lr"] == trained_lr(t)
         # val/loss at the steps the pruner saw
         history = {row["_step"]: row["val/loss"] for row in run["history"] if "val/loss" in row}
         assert history == t.intermediate_values
@@ -138,14 +143,13 @@ def test_wandb_offline_one_run_per_trial_with_config_and_val_loss_history(tmp_pa
     assert study.user_attrs["hpo.tracking"]["backend"] == "wandb"
 
 
+@pytest.mark.slow  # real studies tracked end to end
 @pytest.mark.filterwarnings("ignore:.*noload.*:DeprecationWarning")  # MLflow's SQL store
 def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache_dir):
     from mlflow import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    run_hpo(
-        tmp_path, "--study", "smoke", "--trials", "3", *SMOKE_FAST, "--tracking", "mlflow", env=env
-    )
+    run_smoke(tmp_path, trials=3, tracking="mlflow", env=env)
     uri = f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"  # the default store
     study, trials = load_trials(tmp_path)
     client = MlflowClient(uri)
@@ -162,7 +166,7 @@ def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache
         assert t.user_attrs["tracking"]["run_id"] == run.info.run_id
         assert run.info.status == "FINISHED"
         assert run.data.tags["hpo.state"] == t.state.name.lower()
-        assert float(run.data.params["optim.lr"]) == t.params["optim.lr"]
+        assert float(run.data.params["optim.lr"]) == trained_lr(t)
         assert run.data.params["train.max_steps"] == "30"
         history = client.get_metric_history(run.info.run_id, "val/loss")
         assert {m.step: m.value for m in history} == t.intermediate_values
@@ -171,13 +175,14 @@ def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache
             "manifest.json",
             "config.json",
         }
-        assert run.data.tags["hpo.corpus_fingerprint"] == t.user_attrs["manifest"]["data"]["fingerprint"]  # fmt: skip
+        fingerprint = TrialRecord.of(t).manifest["data"]["fingerprint"]
+        assert run.data.tags["hpo.corpus_fingerprint"] == fingerprint
 
     # hpo.validate: one run per (config, seed), nested under the same study run
     tracking = Tracking("mlflow", uri, "hpo", "smoke", parent_run_id=parent.info.run_id)
-    cfg = TrainConfig.from_dict(trials[0].user_attrs["manifest"]["config"])
-    validate(study, {"baseline": cfg.with_overrides({"train.max_steps": 20})}, seeds=2,
-             workers=1, progress=False, tracking=tracking)  # fmt: skip
+    cfg = TrainConfig.from_dict(TrialRecord.of(trials[0]).manifest["config"])
+    baseline = {"baseline": cfg.with_overrides({"train.max_steps": 20})}
+    validate(study, baseline, seeds=2, workers=1, progress=False, tracking=tracking)
     seeds = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`hpo.kind` = 'validate'"
     )
@@ -188,21 +193,22 @@ def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/loss")] == [10, 20]
 
 
+@pytest.mark.slow  # real studies tracked end to end
 def test_unreachable_mlflow_server_warns_once_and_trials_complete(tmp_path, cache_dir):
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    out = run_hpo(tmp_path, "--study", "smoke", "--trials", "2", *SMOKE_FAST, "--tracking", "mlflow",
-                  "--tracking-uri", "http://127.0.0.1:9", env=env)  # fmt: skip
+    out = run_smoke(tmp_path, trials=2, tracking="mlflow", uri="http://127.0.0.1:9", env=env)
     assert out.stderr.count("tracking to mlflow at http://127.0.0.1:9 failed") == 1, out.stderr
     _, trials = load_trials(tmp_path)
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     assert all("tracking" not in t.user_attrs for t in trials)
 
 
+@pytest.mark.slow  # real studies tracked end to end
 def test_unwritable_wandb_folder_warns_once_and_trials_complete(tmp_path, cache_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder under a file cannot be made, even by root
-    out = run_hpo(tmp_path, "--study", "smoke", "--trials", "2", *SMOKE_FAST, "--tracking", "wandb",
-                  "--tracking-uri", str(blocker / "wandb"), env=offline_env(tmp_path))  # fmt: skip
+    uri, env = str(blocker / "wandb"), offline_env(tmp_path)
+    out = run_smoke(tmp_path, trials=2, tracking="wandb", uri=uri, env=env)
     assert out.stderr.count("tracking to wandb at") == 1, out.stderr
     assert "Not a directory" in out.stderr and "wandb sync" not in out.stderr
     _, trials = load_trials(tmp_path)
@@ -228,13 +234,19 @@ class Exploding(Tracker):
 def test_a_tracker_failing_mid_trial_warns_once_and_turns_off(cache_dir, tmp_path, caplog):
     spec = load_study_spec("smoke")
     tracker = Exploding()
-    objective = Objective(spec, sets={"train.max_steps": 20}, target=3,
-                          checkpoint_root=tmp_path / "ckpt", tracker=tracker)  # fmt: skip
+    objective = Objective(
+        spec,
+        sets={"train.max_steps": 20},
+        target=3,
+        checkpoint_root=tmp_path / "ckpt",
+        tracker=tracker,
+    )
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     with caplog.at_level(logging.WARNING, logger="hpo.tracking"):
         study.optimize(objective, n_trials=3)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    warnings = [r for r in caplog.records if r.name == "hpo.tracking"]
+    # the guard's warning, from hpo.tracking.base
+    warnings = [r for r in caplog.records if r.name.startswith("hpo.tracking")]
     assert (
         len(warnings) == 1 and "ConnectionError: the server went away" in warnings[0].getMessage()
     )
@@ -287,10 +299,9 @@ def test_tracking_settings_from_the_study_and_flags(tmp_path, monkeypatch):
     assert resolve_tracking(None) == Tracking()
     spec_file = tmp_path / "bad.yaml"
     spec_file.write_text("description: x\nsearch_space: {optimizer: {}}\ntracking: neptune\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", str(spec_file), "--storage", f"sqlite:///{tmp_path}/hpo.db"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    argv = [sys.executable, "-m", "hpo.run", "--study", str(spec_file), "--storage", storage]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert (
         out.returncode == 2 and "tracking.backend" in out.stderr and "Traceback" not in out.stderr
     )
@@ -326,18 +337,32 @@ def test_each_run_ends_with_the_trial_state(cache_dir, tmp_path):
     spec = load_study_spec("smoke")
     tracker = Recording()
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # prunes all
-    objective = Objective(spec, sets={"train.max_steps": 20}, target=9,
-                          checkpoint_root=tmp_path, tracker=tracker)  # fmt: skip
+    objective = Objective(
+        spec, sets={"train.max_steps": 20}, target=9, checkpoint_root=tmp_path, tracker=tracker
+    )
     study.optimize(objective, n_trials=1)
-    diverge = {"optim.name": "sgd", "optim.lr": 1e12, "optim.grad_clip": 0,
-               "schedule.warmup_frac": 0, "train.max_steps": 40}  # fmt: skip
-    objective.sets = diverge
+    objective.spec = spec.model_copy(
+        update={"search_space": {"optimizer": {"sgd_lr": [1e10, 1e12], "names": ["sgd"]}}}
+    )
+    objective.sets = {"optim.grad_clip": 0, "schedule.warmup_frac": 0, "train.max_steps": 40}
+    study.optimize(objective, n_trials=1)  # diverges: pruned at the step it blew up
+    objective.sets = {"data.corpus": str(tmp_path / "gone.txt")}  # a usage error inside a trial
     study.optimize(objective, n_trials=1, catch=(TrainerError,))
-    objective.sets, study.pruner = {"train.max_steps": 20}, optuna.pruners.NopPruner()
+    objective.spec, objective.sets = spec, {"train.max_steps": 20}
+    study.pruner = optuna.pruners.NopPruner()
     study.optimize(objective, n_trials=1)
     assert [t.state for t in study.trials] == [
+        TrialState.PRUNED,
         TrialState.PRUNED,
         TrialState.FAIL,
         TrialState.COMPLETE,
     ]
-    assert tracker.ends == [("pruned", ""), ("failed", "diverged"), ("complete", "")]
+    assert TrialRecord.of(study.trials[1]).stop_reason == "diverged"
+    unusable = TrialRecord.of(study.trials[2])
+    assert unusable.stop_reason == "invalid_config" and "gone.txt" in unusable.fail_reason
+    assert tracker.ends == [
+        ("pruned", ""),
+        ("pruned", "diverged"),
+        ("failed", "invalid_config"),
+        ("complete", ""),
+    ]

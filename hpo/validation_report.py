@@ -1,0 +1,163 @@
+"""hpo.validate's report: the statistics of each comparison, its verdict (hpo.stats), the
+Markdown and the plot, attached to the study for the dashboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.artifacts import VALIDATION_HEADING, upload
+from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
+from hpo.storage import runs_dir
+from trainers import TrainConfig
+
+ATTR = "hpo.validate"
+# a seed gives two configs the same initial weights and batches only when these match
+PAIRING_KEYS = (
+    *("model.family", "model.n_layer", "model.n_head", "model.n_embd", "model.block_size"),
+    *("model.bias", "model.hf_config", "train.batch_size"),
+)
+
+
+def report(
+    study: optuna.Study,
+    per_config: dict[str, list[dict]],
+    configs: dict[str, TrainConfig] | None = None,
+) -> dict:
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    metric = study.user_attrs["hpo.spec"]["objective"]["metric"]  # what the trials' values are
+    base = per_config["baseline"]
+    out: dict[str, Any] = {
+        "study": study.study_name,
+        "seeds": len(base),
+        "configs": {},
+        "comparisons": {},
+    }
+    for label, rows in per_config.items():
+        out["configs"][label] = {
+            m: summarize([r[m] for r in rows])
+            for m in ("test/loss", "test/bpb", "val/loss", "val/bpb")
+            if all(m in r for r in rows)  # seeds stored by older versions lack val/bpb
+        }
+    labels = [label for label in per_config if label != "baseline"]
+    for label in labels:
+        cmp = compare_paired(
+            [r["test/loss"] for r in per_config[label]], [r["test/loss"] for r in base]
+        )
+        number = int(label.removeprefix("trial_"))
+        # the trial's value is in the study's metric: compare it with that metric's mean
+        tuned = study.trials[number].value
+        cmp["metric"] = metric
+        cmp["tuning_value"] = tuned
+        cmp["multi_seed_value"] = out["configs"][label][metric]["mean"]
+        cmp["winners_optimism"] = cmp["multi_seed_value"] - tuned
+        if configs is not None:
+            cmp["unpaired"] = unpaired_keys(configs[label], configs["baseline"])
+        out["comparisons"][label] = cmp
+    # the verdict reads the BH-adjusted p: with --top-k K, K comparisons share one baseline
+    comparisons = [out["comparisons"][x] for x in labels]
+    for cmp, p in zip(
+        comparisons, adjust_pvalues([c["p_value"] for c in comparisons]), strict=True
+    ):
+        cmp["p_adjusted"] = p
+        cmp["verdict"] = verdict(cmp, minimize=minimize)
+    return out
+
+
+def unpaired_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The settings that keep a shared seed from giving `a` and `b` the same initial weights
+    and batches."""
+    fa, fb = a.flat(), b.flat()
+    return [k for k in PAIRING_KEYS if fa[k] != fb[k]]
+
+
+def markdown(rep: dict) -> str:
+    lines = [
+        f"{VALIDATION_HEADING} ({rep['seeds']} paired seeds)",
+        "",
+        "| config | test loss (mean ± sd) | 95% t-interval | test bpb | val loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, s in rep["configs"].items():
+        t = s["test/loss"]
+        lines.append(
+            f"| {label} | {t['mean']:.4f} ± {t['std']:.4f} "
+            f"| [{t['ci_low']:.4f}, {t['ci_high']:.4f}] "
+            f"| {s['test/bpb']['mean']:.4f} | {s['val/loss']['mean']:.4f} |"
+        )
+    for label, c in rep["comparisons"].items():
+        d_z = c.get("d_z", c["cohens_d"])  # reports written before d_z have only cohens_d
+        effect = "n/a (constant differences)" if d_z is None else f"{d_z:+.2f}"
+        lines += [
+            "",
+            f"**{label} vs baseline**: test loss difference {c['mean_diff']:+.4f} "
+            f"(95% t-interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]), "
+            f"permutation p = {c['p_value']:.4f} (BH-adjusted {c['p_adjusted']:.4f}), "
+            f"d_z = {effect}: {c['verdict']}.",
+            f"Winner's optimism: tuning measured {c['metric']} {c['tuning_value']:.4f} on one "
+            f"seed; over {rep['seeds']} seeds it averages {c['multi_seed_value']:.4f} "
+            f"({c['winners_optimism']:+.4f}).",
+        ]
+        if c.get("unpaired"):
+            lines.append(
+                f"Pairing: {label} and the baseline differ in {', '.join(c['unpaired'])}, so a "
+                "seed gives them different initial weights and batches; the pairing removes "
+                "less seed noise than between configs of one shape."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(per_config: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, rows in enumerate(per_config.values()):
+        values = [r["test/loss"] for r in rows]
+        s = summarize(values)
+        ax.scatter([i] * len(values), values, alpha=0.6)
+        ax.errorbar(
+            [i + 0.15],
+            [s["mean"]],
+            yerr=[[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]],
+            fmt="o",
+            color="black",
+            capsize=5,
+        )
+    ax.set_xticks(range(len(per_config)), list(per_config))
+    ax.set_ylabel("test loss (nats/token)")
+    ax.set_title("Per-seed test loss, mean and 95% t-interval")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def attach(study: optuna.Study, rep: dict, out: Path) -> None:
+    """User attr, artifacts and a section of the study's note, for the dashboard."""
+    import optuna_dashboard
+
+    study.set_user_attr(f"{ATTR}.report", json.loads(json.dumps(rep, default=float)))
+    upload(study, [out / "validation.png", out / "validation.md"])
+    note = optuna_dashboard.get_note(study) or ""
+    note = note.split(VALIDATION_HEADING)[0].rstrip()
+    optuna_dashboard.save_note(
+        study, (note + "\n\n" if note else "") + (out / "validation.md").read_text()
+    )
+
+
+def write_report(study: optuna.Study, rep: dict, per_config: dict[str, list[dict]]) -> Path:
+    """JSON, Markdown (also printed) and the plot under runs/<study>/validate/, attached to the
+    study; returns the folder."""
+    out = runs_dir() / study.study_name / "validate"
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rep)
+    (out / "validation.json").write_text(json.dumps(rep, indent=2))
+    (out / "validation.md").write_text(text)
+    plot(per_config, out / "validation.png")
+    attach(study, rep, out)
+    print(text)
+    return out

@@ -1,0 +1,175 @@
+"""What the tests share: hpo's commands run as a user runs them (real subprocesses), what they
+stored read back, and waiting for things to happen. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_FAST = ["--set", "train.max_steps=30"]  # 3 evaluations: still prunable, twice as fast
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# the commands that show a live progress bar unless told not to
+WITH_PROGRESS = ("hpo.run", "hpo.worker", "hpo.validate")
+
+
+def sets(*pairs: str) -> list[str]:
+    """--set flags: sets("train.max_steps=20", "model.n_layer=1")."""
+    return [flag for pair in pairs for flag in ("--set", pair)]
+
+
+def sqlite_url(folder: Path) -> str:
+    return f"sqlite:///{folder}/hpo.db"
+
+
+def command(module: str, *args: str) -> list[str]:
+    quiet = ["--no-progress"] if module in WITH_PROGRESS else []
+    return [sys.executable, "-m", module, *args, *quiet]
+
+
+def run(
+    module: str, *args: str, env: dict[str, str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m module args` to the end; with check, its exit code must be 0."""
+    out = subprocess.run(
+        command(module, *args), capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def run_hpo(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`hpo.run` on the test's own SQLite file and runs folder."""
+    env = env or {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    return run("hpo.run", "--storage", sqlite_url(tmp_path), *args, env=env, check=check)
+
+
+def start(module: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    """Started in a process session of its own, so that `finish` can end all it started."""
+    return subprocess.Popen(
+        command(module, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str, str]:
+    """Its exit code, stdout and stderr; anything it left running (a local Ray) is ended."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{proc.args} did not finish: {err[-3000:]}")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, err
+
+
+def run_ray(
+    tmp_path: Path, env: dict[str, str], *args: str, expect: int = 0, timeout: float = 500
+) -> str:
+    """`hpo.run --backend ray` on the test's SQLite file; its stderr. The local Ray it starts
+    is ended with it (it runs in a process session of its own)."""
+    proc = start("hpo.run", "--storage", sqlite_url(tmp_path), "--backend", "ray", *args, env=env)
+    code, _, err = finish(proc, timeout=timeout)
+    assert code == expect, err[-4000:]
+    return err
+
+
+def load_trials(url: str, name: str = "smoke") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def trials_at(folder: Path, name: str = "smoke") -> list[optuna.trial.FrozenTrial]:
+    """The trials of study `name` in the test's own SQLite file."""
+    return load_trials(sqlite_url(folder), name)
+
+
+def trials_so_far(folder: Path, name: str = "smoke") -> list[optuna.trial.FrozenTrial]:
+    """As trials_at, for a study a running command may not have created yet: [] until then."""
+    if not (folder / "hpo.db").exists():
+        return []
+    try:
+        return trials_at(folder, name)
+    except KeyError:  # the database is there, the study not yet
+        return []
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if t.state in COUNTED]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str) -> bytes | None:
+    try:
+        return urllib.request.urlopen(url, timeout=5).read()
+    except OSError:
+        return None
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 180, what: str = "it") -> Any:
+    """The first truthy value of `condition()`, polled; the test fails after `timeout`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def watch_with_dashboard(url: str, env: dict[str, str]) -> Callable[[], int]:
+    """optuna-dashboard polling the study as an open browser tab does; returns a stop function
+    that gives the number of answers it got."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpo.dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    stop, polls = threading.Event(), [0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            if http_get(f"http://127.0.0.1:{port}/api/studies/1?after=0"):
+                polls[0] += 1
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def done() -> int:
+        stop.set()
+        watcher.join()
+        os.killpg(server.pid, signal.SIGKILL)
+        return polls[0]
+
+    return done

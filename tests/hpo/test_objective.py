@@ -1,0 +1,66 @@
+"""The record never lies: what a trial stores as its parameters is what its config trained, and
+a trial stopped for any reason says why."""
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial, TrialState
+
+import search_spaces
+from hpo.budget import equal_compute
+from hpo.objective import Objective
+from hpo.record import TrialRecord
+from hpo.study_spec import load_study_spec, study_names
+from tests.helpers import run_hpo, sets, sqlite_url
+
+TINY = sets(
+    "train.max_steps=20", "train.eval_interval=10", "train.eval_batches=1", "data.max_chars=200000"
+)
+
+
+def manifest_agrees_with_params(t: optuna.trial.FrozenTrial, spec, sets) -> None:
+    config = TrialRecord.of(t).manifest["config"]
+    flat = {f"{g}.{k}": v for g, values in config.items() for k, v in values.items()}
+    # a parameter named after a config key is that key's trained value
+    for name, value in t.params.items():
+        if name in flat:
+            assert flat[name] == value, (t.number, name)
+    # every value the space derives from the parameters (betas from 1 - beta, batch size from
+    # its log2, width from heads x head size) is the trained one, and so is everything else
+    overrides = search_spaces.suggest(FixedTrial(t.params, t.number), spec.search_space)
+    for key, value in overrides.items():
+        assert flat[key] == value, (t.number, key)
+    # and the rest is the study's fixed config, its step budget rescaled to equal tokens when
+    # the batch size or context is tuned (hpo.budget)
+    base = spec.train_config(sets)
+    assert config == equal_compute(base.with_overrides(overrides), base).to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", study_names())
+def test_every_trial_of_every_shipped_study_trained_what_it_records(study, tmp_path, cache_dir):
+    url = sqlite_url(tmp_path)
+    run_hpo(tmp_path, "--study", study, "--trials", "4", "--sampler", "random", *TINY)
+    stored = optuna.load_study(study_name=study, storage=url)
+    spec, sets = load_study_spec(study), stored.user_attrs["hpo.sets"]
+    trials = stored.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) == 4
+    for t in trials:
+        assert TrialRecord.of(t).manifest is not None or TrialRecord.of(t).stop_reason == "diverged"
+        if TrialRecord.of(t).manifest is not None:
+            manifest_agrees_with_params(t, spec, sets)
+
+
+class InterruptingSampler(optuna.samplers.RandomSampler):
+    """Ctrl-C arriving while the space is being sampled."""
+
+    def sample_independent(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_sampling_leaves_a_reason(tmp_path, cache_dir):
+    study = optuna.create_study(sampler=InterruptingSampler())
+    objective = Objective(load_study_spec("smoke"), sets={}, target=9, checkpoint_root=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    (t,) = study.trials
+    assert t.state == TrialState.FAIL and TrialRecord.of(t).stop_reason == "interrupted"

@@ -1,0 +1,38 @@
+"""The one error path of every command (hpo.run, hpo.worker, hpo.analyze, hpo.validate,
+hpo.dashboard, trainers.train): bad input is one line on stderr and exit code 2, a run that
+failed is one line and exit code 1, Ctrl-C or SIGTERM is exit code 130. Never a traceback for
+an error the code raises on purpose; a bug still shows its traceback."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from trainers.errors import TrainerError, UsageError
+
+USAGE, FAILED, INTERRUPTED = 2, 1, 130
+
+
+def run_cli(body: Callable[[], int], *, interrupted: str | None = "interrupted") -> int:
+    """Run a command's body and turn the project's errors into their line and exit code.
+    `interrupted` is what Ctrl-C prints (None: nothing, for a worker its parent speaks for)."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        return body()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        if interrupted is not None:
+            print(interrupted, file=sys.stderr)
+        return INTERRUPTED
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (docker stop, a preempted node) ends a command as Ctrl-C does."""
+    raise KeyboardInterrupt
