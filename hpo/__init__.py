@@ -27,7 +27,8 @@ Entry points read their flags and call the core; they never call each other with
         tracking/       W&B, MLflow, or nothing (its own file map)
     read-only consumers of a study
         diagnostics.py, importance.py, plots.py   what hpo.analyze computes
-        stats.py, validation_report.py            what hpo.validate concludes
+        stats.py, sequential.py,                  what hpo.validate concludes (and when its
+        validation_report.py                      seeds may stop)
         replay.py       python -m hpo.run --replay N: a trial trained again from its manifest
         artifacts.py    plots and reports attached to a study for the dashboard
 """

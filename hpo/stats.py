@@ -15,7 +15,8 @@
   deviation of the differences); not Cohen's d of two independent groups.
 - Benjamini-Hochberg adjustment when several configs are compared with one baseline.
 - The verdict calls a difference "beyond seed-to-seed noise" only when the 95% interval excludes
-  0 and the (adjusted) p is below 0.05 as well.
+  0 and the (adjusted) p is below 0.05 as well; in a sequential validation (hpo.sequential), when
+  p is at most the boundary of the look where it stopped.
 """
 
 from __future__ import annotations
@@ -133,14 +134,25 @@ def verdict(comparison: dict[str, Any], *, minimize: bool = True) -> str:
     p = comparison.get("p_adjusted", comparison["p_value"])
     p_name = "adjusted permutation p" if "p_adjusted" in comparison else "permutation p"
     excludes_zero = high < 0 or low > 0
-    if excludes_zero and p < ALPHA:
+    # a sequential validation (hpo.sequential) compares p with its look's boundary instead
+    sequential = comparison.get("sequential")
+    beyond = p <= sequential["boundary"] if sequential else p < ALPHA
+    level = f"<= {sequential['boundary']:.3g}, the boundary of this look" if sequential else None
+    if excludes_zero and beyond:
         direction = "better" if (high < 0) == minimize else "worse"
         return (
             f"{direction} than the baseline beyond seed-to-seed noise "
-            f"(the 95% t-interval excludes 0 and the {p_name} = {p:.3g} < {ALPHA:.2g})"
+            f"(the 95% t-interval excludes 0 and the {p_name} = {p:.3g} "
+            f"{level or f'< {ALPHA:.2g}'})"
         )
     n = comparison.get("n")
-    if n is not None and smallest_p(n) >= ALPHA:
+    if sequential and beyond:
+        reason = f"the {p_name} = {p:.3g} {level} but the 95% t-interval contains 0"
+    elif sequential:
+        reason = (
+            f"the {p_name} = {p:.3g} is above the last look's boundary {sequential['boundary']:.3g}"
+        )
+    elif n is not None and smallest_p(n) >= ALPHA:
         reason = (
             f"{n} paired seeds are too few to separate a difference from seed-to-seed noise "
             f"(the smallest p {n} paired seeds can give is {smallest_p(n):.3g}; "

@@ -29,11 +29,12 @@ import search_spaces
 from hpo.errors import HPOError
 from hpo.flags import add_storage_flag, add_study_flags, stored_name
 from hpo.record import TrialRecord
+from hpo.sequential import look, looks
 from hpo.stats import ADVISED_PAIRS, MIN_PAIRS, smallest_p
 from hpo.storage import load_existing_study, runs_dir
 from hpo.study_spec import TRACKERS, StudySpec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracker_for
-from hpo.validation_report import ATTR, report, write_report
+from hpo.validation_report import ATTR, differences, report, write_report
 from trainers import TrainConfig, preflight, score_checkpoint, train
 from trainers.cli import run_cli
 
@@ -131,49 +132,80 @@ def validate(
     workers: int,
     progress: bool = True,
     tracking: Tracking | None = None,
-) -> dict:
-    jobs, results = [], {}
-    root = runs_dir() / study.study_name / "validate"
-    for label, cfg in configs.items():
-        for i in range(seeds):
-            seed = SEED_BASE + i
-            c = seeded(cfg, seed)
-            digest = hashlib.sha256(json.dumps(c.to_dict(), sort_keys=True).encode()).hexdigest()[
-                :10
-            ]
-            key = f"{ATTR}.{label}.{digest}"
-            if key in study.user_attrs:
-                results[key] = study.user_attrs[key]
-            else:
-                workdir = str(root / "work" / f"{label}_{digest}")
-                jobs.append(
-                    Job(label, c.to_dict(), seed, key, workdir, tracking=tracking or Tracking())
-                )
+    sequential: bool = False,
+) -> dict[str, list[dict]]:
+    """{label: one result row per seed, by seed}. Seeds stored in the study are read, not
+    trained again. With `sequential` (one config against the baseline), seeds are added in rounds
+    up to `seeds` and it stops at the first look of hpo.sequential that decides; the rows are
+    those of the seeds up to that look."""
+    rounds = looks(seeds) if sequential and len(configs) == 2 else [seeds]
+    results = _stored(study, configs, seeds)
     bar = tqdm(
-        total=len(jobs) + len(results),
+        total=seeds * len(configs),
         initial=len(results),
         unit="run",
         desc="validate",
         disable=not progress,
     )
-    if workers == 1:
-        done = map(run_job, jobs)
-    else:
+    pool = None
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
         ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(
-            workers,
-            initializer=_init_worker,
-            initargs=(max(1, torch.get_num_threads() // workers),),
-        )
-        done = pool.imap_unordered(run_job, jobs)
-    for key, result in done:
-        study.set_user_attr(key, result)  # stored at once: a rerun skips it
-        results[key] = result
-        bar.update()
-    bar.close()
-    per_config = {label: [] for label in configs}
-    for key, result in results.items():
-        per_config[key.split(".")[2]].append(result)
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(threads,))
+    try:
+        for n in rounds:
+            jobs = [j for j in _jobs(study, configs, n, tracking) if j.key not in results]
+            done = pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs)
+            for key, result in done:
+                study.set_user_attr(key, result)  # stored at once: a rerun skips it
+                results[key] = result
+                bar.update()
+            per_config = _by_config(configs, [j.key for j in _jobs(study, configs, n)], results)
+            if len(rounds) > 1 and look(differences(per_config), seeds).decided:
+                bar.total = n * len(configs)  # settled: the rest of the seeds are not needed
+                bar.refresh()
+                break
+    finally:
+        if pool is not None:
+            pool.close()
+        bar.close()
+    return per_config
+
+
+def _jobs(
+    study: optuna.Study,
+    configs: dict[str, TrainConfig],
+    seeds: int,
+    tracking: Tracking | None = None,
+) -> list[Job]:
+    """One job per (config, seed) for the first `seeds` seeds; its key names the stored result
+    by the seeded config's digest, so a changed config is never mistaken for a stored one."""
+    root = runs_dir() / study.study_name / "validate"
+    jobs = []
+    for label, cfg in configs.items():
+        for i in range(seeds):
+            c = seeded(cfg, SEED_BASE + i)
+            blob = json.dumps(c.to_dict(), sort_keys=True).encode()
+            digest = hashlib.sha256(blob).hexdigest()[:10]
+            workdir = str(root / "work" / f"{label}_{digest}")
+            key = f"{ATTR}.{label}.{digest}"
+            jobs.append(
+                Job(label, c.to_dict(), SEED_BASE + i, key, workdir, tracking or Tracking())
+            )
+    return jobs
+
+
+def _stored(study: optuna.Study, configs: dict[str, TrainConfig], seeds: int) -> dict[str, dict]:
+    attrs = study.user_attrs
+    return {j.key: attrs[j.key] for j in _jobs(study, configs, seeds) if j.key in attrs}
+
+
+def _by_config(
+    configs: dict[str, TrainConfig], keys: list[str], results: dict[str, dict]
+) -> dict[str, list[dict]]:
+    per_config: dict[str, list[dict]] = {label: [] for label in configs}
+    for key in keys:
+        per_config[key.split(".")[2]].append(results[key])
     return {label: sorted(rows, key=lambda r: r["seed"]) for label, rows in per_config.items()}
 
 
@@ -182,7 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_flags(p)
     add_storage_flag(p)
     p.add_argument(
-        "--seeds", type=int, default=10, help="paired seeds per config (at least 2; 10 advised)"
+        "--seeds",
+        type=int,
+        default=10,
+        help="the most paired seeds per config (at least 2; 10 advised); a clear difference "
+        "stops early (see --fixed-seeds)",
+    )
+    p.add_argument(
+        "--fixed-seeds",
+        action="store_true",
+        help="run exactly --seeds seeds, with no look before the last (the sequential test "
+        "spends some power on its early looks)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="validate this trial instead of the best")
@@ -227,6 +269,14 @@ def _validate(args: argparse.Namespace) -> int:
             f"use {MIN_PAIRS} or more, {ADVISED_PAIRS} advised",
             file=sys.stderr,
         )
+    sequential = not args.fixed_seeds and len(looks(args.seeds)) > 1
+    if sequential and len(configs) > 2:
+        print(
+            f"note: seeds stop early only when one config is compared with the baseline; "
+            f"with {len(configs) - 1} configs all {args.seeds} seeds are run",
+            file=sys.stderr,
+        )
+        sequential = False
     per_config = validate(
         study,
         configs,
@@ -234,8 +284,10 @@ def _validate(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         tracking=tracking,
+        sequential=sequential,
     )
-    out = write_report(study, report(study, per_config, configs), per_config)
+    rep = report(study, per_config, configs, max_seeds=args.seeds if sequential else None)
+    out = write_report(study, rep, per_config)
     print(f"report in {out}; attached to study {study.study_name!r}", file=sys.stderr)
     where = tracker.close_study(study)
     if where:

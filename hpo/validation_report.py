@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from hpo.artifacts import VALIDATION_HEADING, upload
+from hpo.sequential import look, looks
 from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
 from hpo.storage import runs_dir
 from trainers import TrainConfig
@@ -26,7 +27,12 @@ def report(
     study: optuna.Study,
     per_config: dict[str, list[dict]],
     configs: dict[str, TrainConfig] | None = None,
+    *,
+    max_seeds: int | None = None,
 ) -> dict:
+    """The statistics, verdicts and winner's optimism of each config against the baseline.
+    With max_seeds (a sequential validation of one config, hpo.sequential), the verdict reads
+    the boundary of the look where the seeds stopped."""
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     metric = study.user_attrs["hpo.spec"]["objective"]["metric"]  # what the trials' values are
     base = per_config["baseline"]
@@ -63,8 +69,28 @@ def report(
         comparisons, adjust_pvalues([c["p_value"] for c in comparisons]), strict=True
     ):
         cmp["p_adjusted"] = p
+        if max_seeds is not None:
+            cmp["sequential"] = sequential_summary(cmp["n"], max_seeds, per_config)
         cmp["verdict"] = verdict(cmp, minimize=minimize)
     return out
+
+
+def differences(per_config: dict[str, list[dict]]) -> list[float]:
+    """The one comparison's test-loss differences, config minus baseline, seed by seed."""
+    (label,) = (k for k in per_config if k != "baseline")
+    base = per_config["baseline"]
+    return [r["test/loss"] - b["test/loss"] for r, b in zip(per_config[label], base, strict=True)]
+
+
+def sequential_summary(n: int, max_seeds: int, per_config: dict[str, list[dict]]) -> dict:
+    """Where the sequential test stopped: its looks, this look's boundary, settled early or not."""
+    at = look(differences(per_config), max_seeds)
+    return {
+        "looks": looks(max_seeds),
+        "max_seeds": max_seeds,
+        "boundary": at.boundary,
+        "stopped_early": at.stop and n < max_seeds,
+    }
 
 
 def unpaired_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -75,9 +101,21 @@ def unpaired_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 
 def markdown(rep: dict) -> str:
-    lines = [
-        f"{VALIDATION_HEADING} ({rep['seeds']} paired seeds)",
-        "",
+    lines = [f"{VALIDATION_HEADING} ({rep['seeds']} paired seeds)", ""]
+    for c in rep["comparisons"].values():
+        if seq := c.get("sequential"):
+            how = (
+                f"settled after {rep['seeds']} of up to {seq['max_seeds']} seeds"
+                if seq["stopped_early"]
+                else f"all {seq['max_seeds']} seeds run"
+            )
+            lines += [
+                f"Sequential: {how} (looks at {', '.join(map(str, seq['looks']))} seeds, "
+                f"each with its own boundary for p so that the false-positive rate stays at "
+                f"5%; `--fixed-seeds` runs all of them).",
+                "",
+            ]
+    lines += [
         "| config | test loss (mean ± sd) | 95% t-interval | test bpb | val loss |",
         "| --- | --- | --- | --- | --- |",
     ]

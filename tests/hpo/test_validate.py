@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from hpo.validate import ATTR, configs_to_validate, report, validate
+from hpo.validation_report import markdown
 from tests.helpers import run, run_hpo, sets, sqlite_url
 
 
@@ -29,11 +30,16 @@ def test_learning_rate_1e3_beats_1e5_beyond_noise(study):
     good = configs["baseline"].with_overrides({"optim.lr": 1e-3, "train.max_steps": 40})
     bad = good.with_overrides({"optim.lr": 1e-5})
     configs = {label: good, "baseline": bad}
-    per_config = validate(study, configs, seeds=6, workers=1, progress=False)
-    c = report(study, per_config, configs)["comparisons"][label]
-    # 6 pairs, all one way: exact p = 2/2^6 = 0.031
-    assert c["ci_high"] < 0 and c["d_z"] < -2 and c["p_adjusted"] < 0.05
+    # up to 10 seeds, added in rounds: a difference this clear settles at the first look
+    per_config = validate(study, configs, seeds=10, workers=1, progress=False, sequential=True)
+    assert [len(rows) for rows in per_config.values()] == [6, 6]
+    rep = report(study, per_config, configs, max_seeds=10)
+    c = rep["comparisons"][label]
+    # 6 pairs, all one way: exact p = 2/2^6 = 0.031, within the first look's boundary
+    assert c["ci_high"] < 0 and c["d_z"] < -2 and c["p_value"] <= c["sequential"]["boundary"]
     assert c["verdict"].startswith("better than the baseline beyond seed-to-seed noise")
+    assert "settled after 6 of up to 10 seeds" in markdown(rep)
+    assert validate(study, configs, seeds=6, workers=1, progress=False) == per_config  # stored
     assert c["unpaired"] == []  # same shapes: a seed gives both the same weights and batches
     # the first 4 of those seeds point the same way, yet 4 pairs can never reach p < 0.05
     four = report(study, {k: rows[:4] for k, rows in per_config.items()})["comparisons"][label]

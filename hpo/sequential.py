@@ -1,0 +1,119 @@
+"""Sequential validation: add seeds in rounds and stop once the paired test has decided.
+
+hpo.validate looks at the paired differences after each round of seeds (the looks: 6, 8, 10, ...
+up to --seeds) and stops when the difference is beyond seed-to-seed noise. Looking several times
+and stopping at the first significant look would raise the false-positive rate above 5% if each
+look used the plain 0.05 level, so each look gets a stricter boundary, from an alpha-spending
+plan: by look k at most SPENT(k) of the 5% has been used, and all of it by the last look.
+
+The test is the exact sign-flip permutation test of hpo.stats, made group-sequential without an
+approximation. Under the null hypothesis (differences symmetric about 0) the signs of the
+differences are fair coin flips given their sizes, so for the sizes seen so far every sign pattern
+is equally likely; enumerating them gives, exactly, the chance that an earlier look would have
+stopped, and the boundary of this look is the largest p-value that keeps the total within the
+spending plan. The false-positive rate is at most 5% for any symmetric distribution of the
+differences, whatever the number of looks. Beyond 13 seeds the patterns are sampled (seeded),
+as hpo.stats does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from hpo.stats import ALPHA, MIN_PAIRS, N_RESAMPLES
+
+LOOK_EVERY = 4  # seeds added per round after the first look (fewer looks: less alpha lost)
+# float tolerance when a sign pattern's statistic equals the observed one
+_REL_TOL = 1e-9
+
+
+def looks(max_seeds: int) -> list[int]:
+    """The numbers of seeds at which the test looks: MIN_PAIRS (the fewest pairs that can reach
+    p < 0.05), then every LOOK_EVERY seeds, and always max_seeds itself."""
+    if max_seeds <= MIN_PAIRS:
+        return [max_seeds]
+    return [*range(MIN_PAIRS, max_seeds, LOOK_EVERY), max_seeds]
+
+
+def spent(n: int, max_seeds: int) -> float:
+    """How much of ALPHA the looks up to n seeds may use together: Lan and DeMets' Pocock-type
+    spending function alpha * ln(1 + (e - 1) t) at t = n / max_seeds, which spends early, so
+    that a clear difference can stop at the first look (0.035 of 0.05 at 6 of 10 seeds, where
+    the smallest p 6 pairs can give is 0.031), and all of it at max_seeds."""
+    return ALPHA * float(np.log1p((np.e - 1) * min(1.0, n / max_seeds)))
+
+
+@dataclass(frozen=True)
+class Look:
+    n: int  # pairs seen
+    p_value: float  # the exact permutation p of these n pairs, as at a fixed n
+    boundary: float  # stop when p_value <= boundary
+    stop: bool  # the difference is beyond noise: no more seeds are needed
+    final: bool  # the last look (n == max_seeds): the decision is made either way
+
+    @property
+    def decided(self) -> bool:
+        return self.stop or self.final
+
+
+def look(diffs: Sequence[float], max_seeds: int, *, seed: int = 0) -> Look:
+    """The test at the current look: `diffs` are the candidate-minus-baseline differences of the
+    seeds run so far, whose number must be one of looks(max_seeds)."""
+    d = np.abs(np.asarray(diffs, dtype=float))
+    n = len(d)
+    plan = [k for k in looks(max_seeds) if k <= n]
+    if not plan or plan[-1] != n:
+        raise ValueError(f"{n} seeds is not a look of the plan {looks(max_seeds)}")
+    signs = _sign_patterns(n, seed=seed)
+    observed = np.sign(np.asarray(diffs, dtype=float))
+    observed[observed == 0] = 1.0
+    stopped = np.zeros(len(signs), dtype=bool)  # the patterns an earlier look stopped
+    for k in plan:
+        p = _p_values(signs[:, :k] * d[:k])
+        budget = spent(k, max_seeds) - stopped.mean()
+        boundary = _boundary(p[~stopped], budget, total=len(signs))
+        if k == n:
+            p_obs = _p_of(observed[:k] * d[:k], signs[:, :k] * d[:k])
+            return Look(n, p_obs, boundary, p_obs <= boundary, n == max_seeds)
+        stopped |= p <= boundary
+    raise AssertionError("unreachable: the plan ends at n")
+
+
+def _sign_patterns(n: int, *, seed: int) -> np.ndarray:
+    """Every pattern of n signs (or N_RESAMPLES random ones beyond 2^n > N_RESAMPLES)."""
+    if 2**n <= N_RESAMPLES:
+        return np.array(list(product((1.0, -1.0), repeat=n)))
+    return np.random.default_rng(seed).choice((1.0, -1.0), size=(N_RESAMPLES, n))
+
+
+def _stat(signed: np.ndarray) -> np.ndarray:
+    return np.abs(signed.sum(axis=-1))  # two-sided: |mean difference| up to the factor 1/n
+
+
+def _p_values(signed: np.ndarray) -> np.ndarray:
+    """Each pattern's permutation p among the patterns' first k signs: the share of patterns
+    whose statistic is at least as extreme."""
+    s = _stat(signed)
+    order = np.sort(s)
+    at_least = len(s) - np.searchsorted(order, s * (1 - _REL_TOL), side="left")
+    return at_least / len(s)
+
+
+def _p_of(observed: np.ndarray, patterns: np.ndarray) -> float:
+    s = _stat(patterns)
+    return float(np.mean(s >= _stat(observed) * (1 - _REL_TOL)))
+
+
+def _boundary(p: np.ndarray, budget: float, *, total: int) -> float:
+    """The largest p-value c such that the patterns not stopped before with p <= c make up at
+    most `budget` of all patterns (0 when even the smallest would exceed it)."""
+    best = 0.0
+    for c in np.unique(p):
+        if np.count_nonzero(p <= c) / total > budget + 1e-12:
+            break
+        best = float(c)
+    return best
