@@ -77,7 +77,8 @@ def look(diffs: Sequence[float], max_seeds: int, *, seed: int = 0) -> Look:
         budget = spent(k, max_seeds) - stopped.mean()
         boundary = _boundary(p[~stopped], budget, total=len(signs))
         if k == n:
-            p_obs = _p_of(observed[:k] * d[:k], signs[:, :k] * d[:k])
+            sampled = 2**n > N_RESAMPLES
+            p_obs = _p_of(observed[:k] * d[:k], signs[:, :k] * d[:k], sampled=sampled)
             return Look(n, p_obs, boundary, p_obs <= boundary, n == max_seeds)
         stopped |= p <= boundary
     raise AssertionError("unreachable: the plan ends at n")
@@ -103,9 +104,12 @@ def _p_values(signed: np.ndarray) -> np.ndarray:
     return at_least / len(s)
 
 
-def _p_of(observed: np.ndarray, patterns: np.ndarray) -> float:
+def _p_of(observed: np.ndarray, patterns: np.ndarray, *, sampled: bool) -> float:
     s = _stat(patterns)
-    return float(np.mean(s >= _stat(observed) * (1 - _REL_TOL)))
+    at_least = np.count_nonzero(s >= _stat(observed) * (1 - _REL_TOL))
+    if sampled:  # count the observed pattern too, as scipy does: never p = 0
+        return float((at_least + 1) / (len(s) + 1))
+    return float(at_least / len(s))
 
 
 def _boundary(p: np.ndarray, budget: float, *, total: int) -> float:
