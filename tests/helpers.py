@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,8 @@ def trials_so_far(folder: Path, name: str = "smoke") -> list[optuna.trial.Frozen
     try:
         return trials_at(folder, name)
     except KeyError:  # the database is there, the study not yet
+        return []
+    except sqlalchemy.exc.OperationalError:  # its tables are being created as we open it
         return []
 
 

@@ -13,7 +13,16 @@ import torch
 from optuna.trial import TrialState
 
 from hpo.record import TrialRecord
-from tests.helpers import SMOKE_FAST, command, counted, run_hpo, sets, sqlite_url, trials_at
+from tests.helpers import (
+    SMOKE_FAST,
+    command,
+    counted,
+    run_hpo,
+    sets,
+    sqlite_url,
+    trials_at,
+    trials_so_far,
+)
 
 
 @pytest.mark.slow  # real studies trained end to end
@@ -198,12 +207,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers, 
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until training is under way
             time.sleep(1)
-            if (tmp_path / "hpo.db").exists():
-                try:
-                    if sum(t.state == TrialState.RUNNING for t in trials_at(tmp_path)) == workers:
-                        break
-                except Exception:  # the study (or its schema) is still being created
-                    pass
+            if sum(t.state == TrialState.RUNNING for t in trials_so_far(tmp_path)) == workers:
+                break
         time.sleep(3)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
