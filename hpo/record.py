@@ -99,9 +99,15 @@ def write_by_number(study: optuna.Study, number: int, record: TrialRecord) -> No
 
 def update(study: optuna.Study, number: int, **changes: Any) -> TrialRecord:
     """Change some fields of a running trial's record; returns the new record."""
-    stored = study._storage.get_trial(_trial_id(study, number))
-    record = dataclasses.replace(TrialRecord.of(stored), **changes)
-    write_by_number(study, number, record)
+    return update_by_id(study._storage, _trial_id(study, number), **changes)
+
+
+def update_by_id(
+    storage: optuna.storages.BaseStorage, trial_id: int, **changes: Any
+) -> TrialRecord:
+    """As update, for a storage that knows the trial by its id only (hpo.storage)."""
+    record = dataclasses.replace(TrialRecord.of(storage.get_trial(trial_id)), **changes)
+    storage.set_trial_user_attr(trial_id, ATTR, record.to_json())
     return record
 
 

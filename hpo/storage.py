@@ -38,6 +38,10 @@ DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
 # and for clusters whose workers are preempted often (a shorter grace retries sooner).
 HEARTBEAT_INTERVAL_S = int(os.environ.get("HPO_HEARTBEAT_S", 20))
 GRACE_PERIOD_S = int(os.environ.get("HPO_GRACE_S", 90))
+CRASH_REASON = (
+    f"crashed: its worker sent no heartbeat for over {GRACE_PERIOD_S}s "
+    "(killed, out of host memory, or its machine went away)"
+)
 MAX_RETRIES = 3  # a trial that kills its worker every time is not retried forever
 STORAGE_RETRY_S = float(os.environ.get("HPO_STORAGE_RETRY_S", 120))
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
@@ -101,6 +105,20 @@ class Storage(optuna.storages.RDBStorage):
     def _missed(self) -> set[int]:
         return set()
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The trials whose worker went silent, each told why while it still runs: Optuna
+        fails them (at the start of every trial, and in fail_crashed_trials) but cannot record
+        a reason, since a finished trial's attributes are frozen. Whichever worker fails a
+        trial first, its record says crashed."""
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            # another worker may have failed it first: a finished trial refuses the write
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                records.update_by_id(
+                    self, trial_id, stop_reason=records.CRASHED, fail_reason=CRASH_REASON
+                )
+        return stale
+
 
 def storage_failure(e: BaseException | None) -> BaseException | None:
     """The storage error behind `e`, if there is one. Optuna 5.0 can raise another error on
@@ -120,24 +138,8 @@ def first_line(e: BaseException) -> str:
 
 
 def fail_crashed_trials(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped sending heartbeats, saying so on each, and retry them.
-
-    Optuna's own check (at the start of every trial) fails them too, but cannot record why:
-    a finished trial's attributes are frozen, so the reason is written while it still runs.
-    """
-    storage = study._storage
-    if not hasattr(storage, "_get_stale_trial_ids"):  # a storage without heartbeats
-        return
-    reason = (
-        f"crashed: its worker sent no heartbeat for over {GRACE_PERIOD_S}s "
-        "(killed, out of host memory, or its machine went away)"
-    )
-    # Optuna has no public call for the stale trials themselves, only one that fails them
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        number = storage.get_trial(trial_id).number
-        # another worker may have failed it first: a finished trial refuses the write
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            records.update(study, number, stop_reason=records.CRASHED, fail_reason=reason)
+    """Fail the trials whose worker stopped sending heartbeats, saying so on each (Storage
+    writes the reason), and retry them."""
     optuna.storages.fail_stale_trials(study)
 
 

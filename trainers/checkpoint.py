@@ -28,8 +28,12 @@ def save(path: Path, state: dict[str, Any]) -> None:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # Ctrl-C inside torch.save comes out as the RuntimeError its zip writer raises on the
+        # way out ("unexpected pos"); what happened is the interrupt, and callers handle that
+        if not isinstance(e, KeyboardInterrupt) and isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
         raise
 
 

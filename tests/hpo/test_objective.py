@@ -1,6 +1,8 @@
 """The record never lies: what a trial stores as its parameters is what its config trained, and
 a trial stopped for any reason says why."""
 
+import time
+
 import optuna
 import pytest
 from optuna.trial import FixedTrial, TrialState
@@ -9,6 +11,7 @@ import search_spaces
 from hpo.budget import equal_compute
 from hpo.objective import Objective
 from hpo.record import TrialRecord
+from hpo.storage import Storage
 from hpo.study_spec import load_study_spec, study_names
 from tests.helpers import run_hpo, sets, sqlite_url
 
@@ -64,3 +67,18 @@ def test_ctrl_c_while_sampling_leaves_a_reason(tmp_path, cache_dir):
         study.optimize(objective, n_trials=1)
     (t,) = study.trials
     assert t.state == TrialState.FAIL and TrialRecord.of(t).stop_reason == "interrupted"
+
+
+def test_a_trial_failed_by_optunas_own_stale_check_says_why(tmp_path):
+    # Optuna fails silent trials itself at the start of every trial; the reason must be on the
+    # record whichever worker's check gets there first (hpo.storage.Storage writes it)
+    storage = Storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)  # the worker is gone: no beat for longer than the grace period
+    optuna.storages.fail_stale_trials(study)
+    dead = study.trials[0]
+    record = TrialRecord.of(dead)
+    assert dead.state == TrialState.FAIL
+    assert record.stop_reason == "crashed" and "no heartbeat" in record.fail_reason
