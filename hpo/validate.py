@@ -139,9 +139,11 @@ def validate(
     up to `seeds` and it stops at the first look of hpo.sequential that decides; the rows are
     those of the seeds up to that look."""
     rounds = looks(seeds) if sequential and len(configs) == 2 else [seeds]
-    results = _stored(study, configs, seeds)
+    jobs = _jobs(study, configs, seeds, tracking)
+    stored = study.user_attrs
+    results = {j.key: stored[j.key] for j in jobs if j.key in stored}
     bar = tqdm(
-        total=seeds * len(configs),
+        total=len(jobs),
         initial=len(results),
         unit="run",
         desc="validate",
@@ -154,15 +156,18 @@ def validate(
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(threads,))
     try:
         for n in rounds:
-            jobs = [j for j in _jobs(study, configs, n, tracking) if j.key not in results]
-            done = pool.imap_unordered(run_job, jobs) if pool else map(run_job, jobs)
+            upto = [j for j in jobs if j.seed < SEED_BASE + n]
+            todo = [j for j in upto if j.key not in results]
+            done = pool.imap_unordered(run_job, todo) if pool else map(run_job, todo)
             for key, result in done:
                 study.set_user_attr(key, result)  # stored at once: a rerun skips it
                 results[key] = result
                 bar.update()
-            per_config = _by_config(configs, [j.key for j in _jobs(study, configs, n)], results)
+            per_config = {
+                label: [results[j.key] for j in upto if j.label == label] for label in configs
+            }
             if len(rounds) > 1 and look(differences(per_config), seeds).decided:
-                bar.total = n * len(configs)  # settled: the rest of the seeds are not needed
+                bar.total = len(upto)  # settled: the rest of the seeds are not needed
                 bar.refresh()
                 break
     finally:
@@ -178,7 +183,7 @@ def _jobs(
     seeds: int,
     tracking: Tracking | None = None,
 ) -> list[Job]:
-    """One job per (config, seed) for the first `seeds` seeds; its key names the stored result
+    """One job per (config, seed), by seed within each config; its key names the stored result
     by the seeded config's digest, so a changed config is never mistaken for a stored one."""
     root = runs_dir() / study.study_name / "validate"
     jobs = []
@@ -193,20 +198,6 @@ def _jobs(
                 Job(label, c.to_dict(), SEED_BASE + i, key, workdir, tracking or Tracking())
             )
     return jobs
-
-
-def _stored(study: optuna.Study, configs: dict[str, TrainConfig], seeds: int) -> dict[str, dict]:
-    attrs = study.user_attrs
-    return {j.key: attrs[j.key] for j in _jobs(study, configs, seeds) if j.key in attrs}
-
-
-def _by_config(
-    configs: dict[str, TrainConfig], keys: list[str], results: dict[str, dict]
-) -> dict[str, list[dict]]:
-    per_config: dict[str, list[dict]] = {label: [] for label in configs}
-    for key in keys:
-        per_config[key.split(".")[2]].append(results[key])
-    return {label: sorted(rows, key=lambda r: r["seed"]) for label, rows in per_config.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
