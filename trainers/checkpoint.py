@@ -24,9 +24,12 @@ BEST = "best.pt"  # model weights at the best validation loss, for scoring
 def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        # a path, not a Python file: torch's zip writer then writes through its own C++ stream.
+        # Given a Python file, a Ctrl-C inside torch.save can leave the writer unfinished; its
+        # destructor then writes to the closed file and aborts the process (std::terminate)
+        torch.save(state, tmp)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
