@@ -13,6 +13,8 @@ Entry points read their flags and call the core; they never call each other with
         session.py      check a run's inputs, create or join a study, run it: banner, summary
         plan.py         WorkerPlan: what every worker of a study follows
         work.py         one worker's loop, and the supervision of several worker processes
+        reevaluation.py a worker's seed re-runs of the incumbent, and the stop rule
+        noise.py        seed noise: the companion study of re-runs, means, ties, the stop rule
         objective.py    an Optuna trial -> the trainer -> the trial's value and record
         record.py       TrialRecord: what a trial leaves in storage (one writer, one reader)
         study_spec.py   studies are data: the YAML schema and its checks

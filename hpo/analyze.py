@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from hpo import diagnostics, plots
+from hpo import diagnostics, noise, plots
 from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import HPOError
 from hpo.flags import add_storage_flag, add_study_flags, stored_name
@@ -32,6 +32,7 @@ from hpo.importance import (
     importance_intervals,
     unscored,
 )
+from hpo.noise import NoiseReport
 from hpo.storage import load_existing_study, runs_dir
 from trainers.cli import run_cli
 
@@ -63,15 +64,15 @@ def analyze(
     if not complete:
         notes.insert(0, "no trial has completed yet: there is no best trial to report")
     top = diagnostics.top_trials(trials, minimize=minimize)
+    seeds = noise.report(study)
     warnings = diagnostics.range_warnings(compared.trials, minimize=minimize)
     result = {
         "study": study.study_name,
         "trials": {
             state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
         },
-        "best": {"number": top[0].number, "value": top[0].value, "params": top[0].params}
-        if top
-        else None,
+        "best": _best(trials, top, seeds),
+        "seed_noise": seeds.to_json() if seeds else None,
         "compared": {
             "step": compared.step,
             "trials": len(compared.trials),
@@ -151,13 +152,28 @@ def _importance(
     return importance, notes
 
 
+def _best(trials: list, top: list, seeds: NoiseReport | None) -> dict | None:
+    """The best trial: on its mean over seeds where the study re-evaluated (hpo.noise), else
+    on its value."""
+    if seeds is not None:
+        params = trials[seeds.best].params
+        return {"number": seeds.best, "value": seeds.mean, "params": params}
+    if not top:
+        return None
+    return {"number": top[0].number, "value": top[0].value, "params": top[0].params}
+
+
 def markdown(result: dict, importance: pd.DataFrame | None) -> str:
     lines = [f"# Analysis of {result['study']}", ""]
     counts = ", ".join(f"{n} {s}" for s, n in result["trials"].items() if n)
     lines.append(f"Trials: {counts}.")
     if result["best"]:
         best = result["best"]
-        lines.append(f"Best: trial {best['number']}, value {best['value']:.4f}.")
+        if result["seed_noise"]:
+            # chosen on its mean over seeds: with its spread, and the trials tied with it
+            lines += [f"- {line}" for line in NoiseReport(**result["seed_noise"]).lines()]
+        else:
+            lines.append(f"Best: trial {best['number']}, value {best['value']:.4f}.")
         lines += ["", "| parameter | best value |", "| --- | --- |"]
         lines += [
             f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"

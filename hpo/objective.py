@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 import search_spaces
+from hpo import noise
 from hpo import record as records
 from hpo.budget import equal_compute, resource, tokens_per_step
 from hpo.devices import gpu_share
@@ -103,11 +104,17 @@ class Objective:
         # sampled values last: what the trial records as its params is what trains (a --set
         # on a tuned key is refused up front, and could not win here anyway)
         base = self.spec.train_config(self.sets)
-        cfg = equal_compute(base.with_overrides(overrides), base)
         # Optuna has no public view of a running trial's inherited values and system attrs
         frozen = trial.study._storage.get_trial(trial._trial_id)
+        # an out-of-memory retry comes with its own record, and so does a re-evaluation
+        enqueued = TrialRecord.of(frozen)
+        cfg = equal_compute(base.with_overrides(overrides), base)
+        if enqueued.reevaluates is not None:
+            # the config its trial trained, with another seed (hpo.noise); the record shows
+            # the seed among the derived values
+            cfg = noise.reevaluation_config(trial.study, enqueued, fallback=cfg)
+            overrides["train.seed"] = cfg.train.seed
         ckpt, retry_of = self._checkpoint_for(trial, frozen)
-        enqueued = TrialRecord.of(frozen)  # an out-of-memory retry comes with its own
         record = TrialRecord.starting(
             trial.params,
             overrides,
@@ -115,6 +122,8 @@ class Objective:
             gpu=self.gpu,
             alone=enqueued.alone,
             retry_of=retry_of if retry_of is not None else enqueued.retry_of,
+            reevaluates=enqueued.reevaluates,
+            seed_index=enqueued.seed_index,
             max_steps=cfg.train.max_steps,
             max_tokens=cfg.train.max_steps * tokens_per_step(cfg),
         )
@@ -147,7 +156,7 @@ class Objective:
             fail(trial, records.OUT_OF_MEMORY, str(e), record=record)
             self._retry_alone(trial, record)
             raise
-        record = _finished(record, cfg, result, tuner_s=tuner_s[0])
+        record = finished_record(record, cfg, result, tuner_s=tuner_s[0])
         records.write(trial, record)
         self.tracker.log_manifest(record.manifest)
         write_manifest(ckpt, record.manifest)  # beside the checkpoints: the folder says it all
@@ -160,9 +169,13 @@ class Objective:
         """Once more, with the GPU to itself: the trials it shared it with may have taken the
         memory it needed (hpo.devices)."""
         if self.shared_gpu and not record.alone:
-            records.enqueue(
-                trial.study, trial.params, TrialRecord(retry_of=trial.number, alone=True)
+            again = TrialRecord(
+                retry_of=trial.number,
+                alone=True,
+                reevaluates=record.reevaluates,
+                seed_index=record.seed_index,
             )
+            records.enqueue(trial.study, trial.params, again)
 
     def _diverged_value(self, e: DivergedError, cfg: TrainConfig) -> float:
         return diverged_value(e, self.spec, self._load_data(cfg))
@@ -191,7 +204,7 @@ class Objective:
         return data_for(cfg)
 
 
-def _finished(
+def finished_record(
     record: TrialRecord, cfg: TrainConfig, result: TrainResult, *, tuner_s: float
 ) -> TrialRecord:
     """The record of a trial whose training ended (by its budget, patience or the pruner)."""
@@ -237,8 +250,9 @@ def checkpoint_dir(root: Path, number: int) -> Path:
 
 
 def clean_checkpoints(study: optuna.Study, root: Path) -> None:
-    """Keep the best trial's checkpoint (for hpo.validate), those of running trials, and those
-    of crashed trials whose retry has not started yet (it resumes from them)."""
+    """Keep the best trial's checkpoint (and the best one on its mean over seeds), those of
+    running trials, and those of crashed trials whose retry has not started yet (it resumes
+    from them)."""
     if not root.is_dir():
         return
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -248,13 +262,16 @@ def clean_checkpoints(study: optuna.Study, root: Path) -> None:
         if t.state == TrialState.WAITING and t.system_attrs.get("retry_history")
     }
     try:
-        best = study.best_trial.number
+        best = {study.best_trial.number}
     except ValueError:  # no completed trial yet
-        best = None
+        best = set()
+    seeds = noise.report(study)
+    if seeds is not None:
+        best.add(seeds.best)  # the winner on its mean over seeds
     for path in root.glob("trial_*"):
         number = int(path.name.removeprefix("trial_"))
         trial = trials.get(number)
-        keep = number == best or number in pending_retry
+        keep = number in best or number in pending_retry
         if not keep and trial is not None and trial.state.is_finished():
             shutil.rmtree(path, ignore_errors=True)
 

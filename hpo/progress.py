@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from hpo import noise
 from hpo.diagnostics import pruning_stats
 from hpo.objective import COUNTED
 from hpo.record import TrialRecord
@@ -81,8 +82,13 @@ def summary(study: optuna.Study, *, target: int, wall_time_s: float) -> str:
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in {wall_time_s:.0f}s"
     ]
     best = best_trial(study, trials)
+    seeds = noise.report(study)
     if best is None:
         lines.append("no trial has completed yet")
+    elif seeds is not None:
+        # chosen on its mean over seeds (hpo.noise), not on its luckiest run
+        lines.extend(seeds.lines())
+        lines.extend(f"  {k} = {_fmt(v)}" for k, v in trials[seeds.best].params.items())
     else:
         lines.append(f"best: trial {best.number}, value {best.value:.4f}")
         lines.extend(f"  {k} = {_fmt(v)}" for k, v in best.params.items())

@@ -38,6 +38,8 @@ class TrialRecord:
     alone: bool = False  # trained with its GPU to itself: the retry of one out of memory there
     derived: dict[str, Any] = field(default_factory=dict)  # config values that are not params
     retry_of: int | None = None  # the crashed trial this one retries
+    reevaluates: int | None = None  # a re-evaluation (hpo.noise): the search trial it trains again
+    seed_index: int = 0  # ... with train.seed + seed_index
     resumed_from_step: int = 0  # the step its training resumed at (a retry, a restore)
     stop_reason: str = ""
     fail_reason: str = ""  # one line saying why, for a trial that did not finish normally

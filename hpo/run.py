@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how = p.add_argument_group("how to search")
     how.add_argument("--sampler", choices=SAMPLERS, help="default: the study's (tpe)")
-    how.add_argument("--pruner", choices=PRUNERS, help="default: the study's (hyperband)")
+    how.add_argument("--pruner", choices=PRUNERS, help="default: the study's (lr_sweep: sha)")
     how.add_argument("--seed", type=int, help="sampler seed (default: the study's, 0)")
     how.add_argument(
         "--workers",
@@ -65,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="pack K trials on each GPU (K workers per GPU; --backend ray: 1/K GPU per trial)",
+    )
+    how.add_argument(
+        "--noise-seeds",
+        type=int,
+        metavar="K",
+        help="train each incumbent again with K more seeds (within 15%% of the compute), pick "
+        "the winner on its mean; default: the study's noise.seeds (0: off)",
+    )
+    how.add_argument(
+        "--stop-below-noise",
+        action=argparse.BooleanOptionalAction,
+        help="end the study once its gains fall below the seed noise (needs --noise-seeds); "
+        "default: the study's noise.stop_below_noise",
     )
     where = p.add_argument_group("where results go")
     add_storage_flag(where)
@@ -157,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         pruner=args.pruner,
         seed=args.seed,
+        noise_seeds=args.noise_seeds,
+        stop_below_noise=args.stop_below_noise,
         workers=args.workers,
         trials_per_gpu=args.trials_per_gpu,
         storage=args.storage,

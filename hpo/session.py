@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import optuna
+import pydantic
 
 from hpo.devices import Placement, place_workers
 from hpo.errors import HPOError, StudyFailedError
 from hpo.manifest import study_manifest
+from hpo.noise import STOPPED
 from hpo.objective import COUNTED, clean_checkpoints
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
@@ -43,7 +45,7 @@ from hpo.storage import (
     storage_failure,
     storage_url,
 )
-from hpo.study_spec import StudySpec, load_study_spec
+from hpo.study_spec import NoiseSpec, StudySpec, load_study_spec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracking_from_study
 from hpo.work import supervise
 from trainers import parse_sets, preflight
@@ -65,6 +67,8 @@ class RunRequest:
     sampler: str | None = None
     pruner: str | None = None
     seed: int | None = None
+    noise_seeds: int | None = None  # the study's noise.seeds, overridden
+    stop_below_noise: bool | None = None  # the study's noise.stop_below_noise, overridden
     workers: int | None = None  # None: 1, or with GPUs one per GPU (times trials_per_gpu)
     trials_per_gpu: int | None = None
     storage: str | None = None
@@ -107,7 +111,9 @@ def load_request(request: RunRequest) -> Checked:
         raise HPOError(f"--trials must be at least 1, but got {request.trials}")
     if request.seed is not None and not 0 <= request.seed < 2**32:
         raise HPOError(f"--seed must be in [0, 2**32), but got {request.seed}")
-    spec = load_study_spec(request.study, sets=sets)
+    spec = with_noise(
+        load_study_spec(request.study, sets=sets), request.noise_seeds, request.stop_below_noise
+    )
     # the corpus, the context and the device, as every trial will use them: a problem here is
     # the user's to fix, and is reported before the study is created
     cfg = spec.train_config(sets)
@@ -116,6 +122,21 @@ def load_request(request: RunRequest) -> Checked:
         workers=request.workers, trials_per_gpu=request.trials_per_gpu, device=cfg.train.device
     )
     return Checked(spec, sets, n_workers, placement)
+
+
+def with_noise(spec: StudySpec, seeds: int | None, stop: bool | None) -> StudySpec:
+    """The spec with --noise-seeds and --stop-below-noise applied (and checked)."""
+    changes = {k: v for k, v in [("seeds", seeds), ("stop_below_noise", stop)] if v is not None}
+    if not changes:
+        return spec
+    try:
+        noise = NoiseSpec(**{**spec.noise.model_dump(), **changes})
+    except pydantic.ValidationError as e:
+        error = e.errors()[0]
+        flag = "--noise-seeds" if error["loc"] == ("seeds",) else "--stop-below-noise"
+        message = error["msg"].removeprefix("Value error, ")
+        raise HPOError(f"{flag}: {message}") from None
+    return spec.model_copy(update={"noise": noise})
 
 
 def _check_workers_and_timeout(workers: int | None, timeout: float | None) -> None:
@@ -162,6 +183,9 @@ def open_study(request: RunRequest, checked: Checked) -> tuple[optuna.Study, Wor
         ("hpo.manifest", study_manifest(spec=spec.to_json(), sets=sets, **search)),
     ]:
         study.set_user_attr(key, value)
+    if not spec.noise.stop_below_noise and study.user_attrs.get(STOPPED):
+        # stopped by the rule before, now run on without it (Optuna cannot delete an attribute)
+        study.set_user_attr(STOPPED, None)
     remember_last_study(name, url, spec.path)
     tracking = resolve_tracking(
         request.tracking or spec.tracking.backend,

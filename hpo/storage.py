@@ -78,12 +78,16 @@ def _postgres_connect(conninfo: str):
 
 class RetryCrashedTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial (same parameters, its intermediate values inherited),
-    minus the dead trial's record, which describes the crash, not the retry (the retry writes
-    its own, retry_of included)."""
+    with a fresh record: the dead trial's describes the crash, not the retry (the retry writes
+    its own, retry_of included). A re-evaluation's retry keeps what it re-evaluates."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        dead = records.TrialRecord.of(trial)
         trial = copy.copy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != records.ATTR}
+        if dead.reevaluates is not None:
+            again = records.TrialRecord(reevaluates=dead.reevaluates, seed_index=dead.seed_index)
+            trial.user_attrs[records.ATTR] = again.to_json()
         super().__call__(study, trial)
 
 

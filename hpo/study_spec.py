@@ -8,6 +8,7 @@
     sampler: {name: tpe, n_startup_trials: 10}
     pruner: {name: hyperband, reduction_factor: 3}
     baseline: {optim.lr: 1.0e-3}      # what hpo.validate compares the winner against
+    noise: {seeds: 2, max_share: 0.15, stop_below_noise: true}   # optional: hpo.noise
 
 `load_study_spec` finds the file, parses and checks everything a run will need (every config
 key, every search-space bound, by dry-running the spaces in memory) before anything is stored.
@@ -110,6 +111,23 @@ class RaySpec(_Strict):
     pbt: PBTSpec = PBTSpec()
 
 
+class NoiseSpec(_Strict):
+    """Seed noise measured while tuning (hpo.noise); off unless `seeds` is set."""
+
+    seeds: int = Field(0, ge=0)  # extra seeds for each incumbent (2+ measure noise); 0: off
+    max_share: float = Field(0.15, gt=0, lt=1)  # of the study's compute, at most
+    stop_below_noise: bool = False  # end the study once gains fall below the noise
+
+    @pydantic.model_validator(mode="after")
+    def _stop_needs_seeds(self) -> NoiseSpec:
+        if self.stop_below_noise and self.seeds < 2:
+            raise ValueError(
+                "noise.stop_below_noise needs noise.seeds of 2 or more: the noise is measured "
+                "between the incumbent's re-evaluations with other seeds"
+            )
+        return self
+
+
 class StudySpec(_Strict):
     description: str
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -121,6 +139,7 @@ class StudySpec(_Strict):
     baseline: dict[str, Any] | None = None  # None: no baseline, so hpo.validate refuses
     tracking: TrackingSpec = TrackingSpec()  # where each trial is also logged (W&B, MLflow)
     ray: RaySpec = RaySpec()  # --backend ray: scheduler, resources per trial, PBT
+    noise: NoiseSpec = NoiseSpec()  # re-evaluations with other seeds, the stop rule (hpo.noise)
     name: str = ""  # filled from the file name
     path: str = ""
 

@@ -26,6 +26,7 @@ from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
 import search_spaces
+from hpo import noise
 from hpo.errors import HPOError
 from hpo.flags import add_storage_flag, add_study_flags, stored_name
 from hpo.record import TrialRecord
@@ -39,6 +40,7 @@ from trainers import TrainConfig, preflight, score_checkpoint, train
 from trainers.cli import run_cli
 
 SEED_BASE = 1000  # validation seeds are 1000, 1001, ...: never the tuning seed
+MAX_TIED = 5  # the most trials validated by default: the best and those tied with it
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,14 @@ class Job:
 
 
 def configs_to_validate(
-    study: optuna.Study, *, trial: int | None, top_k: int
+    study: optuna.Study, *, trial: int | None, top_k: int | None
 ) -> dict[str, TrainConfig]:
     """{label: config} for the chosen trials and the baseline. Raises HPOError when there is
-    nothing to compare."""
+    nothing to compare.
+
+    Trials rank by their mean over seeds (hpo.noise; a trial with one seed by its value).
+    Without --trial or --top-k: the best trial and those tied with it within the seed noise
+    the study measured (up to MAX_TIED), or the best alone where it measured none."""
     if "hpo.spec" not in study.user_attrs:
         raise HPOError(f"study {study.study_name!r} was not made by hpo.run (no study spec stored)")
     spec = StudySpec(**study.user_attrs["hpo.spec"])
@@ -75,8 +81,10 @@ def configs_to_validate(
         if not chosen:
             raise HPOError(f"trial {trial} of {study.study_name!r} is not a completed trial")
     else:
-        minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
-        chosen = sorted(complete, key=lambda t: t.value if minimize else -t.value)[:top_k]
+        measured = noise.measure(study)
+        numbers = measured.tied()[:MAX_TIED] if top_k is None else measured.ranked()[:top_k]
+        by_number = {t.number: t for t in complete}
+        chosen = [by_number[n] for n in numbers]
     configs = {f"trial_{t.number}": trial_config(t, spec, sets) for t in chosen}
     configs["baseline"] = spec.baseline_config(sets)
     return configs
@@ -219,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="validate this trial instead of the best")
-    which.add_argument("--top-k", type=int, default=1, help="validate the K best trials")
+    which.add_argument(
+        "--top-k",
+        type=int,
+        help="validate the K best trials (default: the best, and the trials tied with it "
+        f"within the seed noise the study measured, up to {MAX_TIED})",
+    )
     p.add_argument("--workers", type=int, default=1, help="seeds trained side by side")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -245,7 +258,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise HPOError(
             f"--seeds must be at least 2 to measure seed-to-seed noise, but got {args.seeds}"
         )
-    if args.workers < 1 or args.top_k < 1:
+    if args.workers < 1 or (args.top_k is not None and args.top_k < 1):
         raise HPOError("--workers and --top-k must be at least 1")
     study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
     configs = configs_to_validate(study, trial=args.trial, top_k=args.top_k)

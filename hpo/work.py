@@ -26,6 +26,7 @@ from hpo.objective import COUNTED, IN_PLAY, Objective, SurplusTrialError
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress
 from hpo.record import DIVERGED, SURPLUS, TrialRecord
+from hpo.reevaluation import Reevaluations
 from hpo.storage import (
     GRACE_PERIOD_S,
     fail_crashed_trials,
@@ -88,11 +89,15 @@ def work(plan: WorkerPlan, progress: Progress | None = None) -> None:
     )
     streak = FailureStreak()
     deadline = time.monotonic() + plan.timeout if plan.timeout else None
+    seeds = Reevaluations(plan)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         streak.add(trial)
         fail_crashed_trials(study)
         if _count(study, IN_PLAY) >= plan.target or streak.hopeless:
+            study.stop()
+        # back to the loop, which re-evaluates the incumbent if that is due, or stops
+        if seeds.enabled and trial.state == TrialState.COMPLETE:
             study.stop()
         if progress is not None:
             progress.update(study, study.get_trials(deepcopy=False))
@@ -102,6 +107,10 @@ def work(plan: WorkerPlan, progress: Progress | None = None) -> None:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return
+        if seeds.should_stop(study):
+            break
+        if seeds.run_due(study):
+            continue
         if _count(study, IN_PLAY) < plan.target or _count(study, (TrialState.WAITING,)):
             # a trial's own failure is recorded on it; the worker goes on to the next one
             catch = (TrainerError, SurplusTrialError)
@@ -120,6 +129,9 @@ def work(plan: WorkerPlan, progress: Progress | None = None) -> None:
         fail_crashed_trials(study)
         if progress is not None:
             progress.update(study, study.get_trials(deepcopy=False))
+    # the target is reached: the last incumbent still gets its seeds, within the same share
+    while (deadline is None or time.monotonic() < deadline) and seeds.run_due(study):
+        pass
 
 
 class FailureStreak:

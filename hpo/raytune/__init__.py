@@ -30,6 +30,7 @@ The files, in the order a run meets them:
     schedulers.py  ASHA, Hyperband, median stopping, FIFO, and PBT/PB2 with their mutations
     trainable.py   run_trial: what runs on the workers (train, report, checkpoint)
     recorder.py    the driver's side: Ray's trial events written into the Optuna storage
+    reevaluations.py  seed re-runs of the incumbent (hpo.noise) as Ray tasks between trials
 
 Not called `hpo/ray`: run as a script (`python hpo/run.py`), hpo/ is on sys.path and a folder
 named ray there would shadow the real `import ray`.

@@ -17,12 +17,14 @@ import optuna
 from optuna.trial import TrialState
 from ray import tune
 
+from hpo import noise
 from hpo.objective import IN_PLAY, clean_checkpoints
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
 from hpo.raytune.cluster import connect, disconnect
 from hpo.raytune.options import RayOptions, check_options
 from hpo.raytune.recorder import Driver
+from hpo.raytune.reevaluations import noise_setup, reevaluations
 from hpo.raytune.trainable import TrialSetup, run_trial
 from hpo.raytune.tuner import new_tuner
 from hpo.record import INTERRUPTED, TrialRecord, update
@@ -81,10 +83,16 @@ def _tune(
         keep_all=args.keep_checkpoints,
         progress=progress,
         mutations=opts.mutations,
+        reevaluations=reevaluations(study, noise_setup(spec, plan.sets, opts)),
     )
     Driver.current = driver
     try:
         code = _fit(args, spec, opts, study, plan, path, driver)
+        if code == 0 and driver.reevaluations is not None:
+            # the last incumbent gets its seeds too, within the same share (as hpo.work does)
+            elapsed = time.time() - started
+            deadline = time.monotonic() - elapsed + args.timeout if args.timeout else None
+            driver.reevaluations.finish(deadline)
     finally:
         progress.update(study, study.get_trials(deepcopy=False))
         progress.close()
@@ -158,9 +166,12 @@ def _remove_experiment(path: str) -> None:
 
 
 def _fail_leftovers(study: optuna.Study) -> None:
-    """Trials of an earlier Ray driver that is gone and whose experiment cannot be restored."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if TrialRecord.of(t).backend == "ray":
-            reason = "interrupted: its Ray experiment is gone"
-            update(study, t.number, stop_reason=INTERRUPTED, fail_reason=reason)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    """Trials of an earlier Ray driver that is gone and whose experiment cannot be restored,
+    and its seed re-runs (hpo.noise), which the next driver queues again when due."""
+    seeds_study = noise.find_seeds_study(study)
+    for s in [study] if seeds_study is None else [study, seeds_study]:
+        for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if TrialRecord.of(t).backend == "ray":
+                reason = "interrupted: its Ray experiment is gone"
+                update(s, t.number, stop_reason=INTERRUPTED, fail_reason=reason)
+                s.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -43,6 +43,12 @@ def check_options(args: argparse.Namespace, spec: StudySpec, sets: dict[str, Any
     scheduler = scheduler or PRUNER_TO_SCHEDULER[args.pruner or spec.pruner.name]
     if scheduler not in SCHEDULERS:
         raise HPOError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, but got {scheduler!r}")
+    if spec.noise.seeds and scheduler in PBT_SCHEDULERS:
+        raise HPOError(
+            f"--noise-seeds (noise.seeds) cannot run with --scheduler {scheduler}: a member's "
+            "value comes from weights it inherited and settings that changed on the way, which "
+            "no run from scratch repeats; set noise.seeds to 0, or use another scheduler"
+        )
     cpu = spec.ray.resources.cpu if args.cpus_per_trial is None else args.cpus_per_trial
     gpu = spec.ray.resources.gpu if args.gpus_per_trial is None else args.gpus_per_trial
     if args.trials_per_gpu is not None:

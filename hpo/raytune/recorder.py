@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 
+from hpo.raytune.reevaluations import NoiseSetup, RayReevaluations, reevaluations
 from hpo.raytune.schedulers import current_values
 from hpo.record import DIVERGED, ERROR, update
 from hpo.storage import HEARTBEAT_INTERVAL_S, open_storage
@@ -40,8 +41,10 @@ class Driver:
         keep_all: bool,
         progress: Any,
         mutations: tuple[str, ...],
+        reevaluations: RayReevaluations | None = None,
     ) -> None:
         self.study, self.storage = study, study._storage
+        self.reevaluations = reevaluations  # hpo.noise's seed re-runs, when the study has them
         self.metric, self.minimize = metric, direction == "minimize"
         self.experiment = experiment
         self.checkpoint_root, self.keep_all = checkpoint_root, keep_all
@@ -204,11 +207,29 @@ class Driver:
                 if (Path(tmp) / name).exists():
                     shutil.copy2(Path(tmp) / name, dest / name)
 
+    @classmethod
+    def reevaluating(cls) -> bool:
+        """A seed re-run of this process's driver waits for a slot or runs (hpo.noise). Asked
+        by the searcher before each new trial; it collects the re-run once done."""
+        driver = cls.current
+        if driver is None or driver.reevaluations is None:
+            return False
+        driver.reevaluations.step()  # collects it once it is done
+        return driver.reevaluations.busy
+
+    def after_trial(self) -> None:
+        if self.reevaluations is not None:
+            self.reevaluations.after_trial()
+
     def heartbeat(self) -> None:
         """Live trials send heartbeats, so `fail_stale_trials` tells a dead driver's trials."""
+        if self.reevaluations is not None:
+            self.reevaluations.step()
         if time.time() - self.beat_at < HEARTBEAT_INTERVAL_S:
             return
         self.beat_at = time.time()
+        if self.reevaluations is not None:
+            self.reevaluations.heartbeat()
         for n in self.started:
             if self._running(n) is not None:
                 self.storage.record_heartbeat(self._id(n))
@@ -253,6 +274,7 @@ class RecordTo:
     checkpoint_root: str
     keep_all: bool
     mutations: tuple[str, ...]
+    noise: NoiseSetup | None = None  # the study's seed re-runs, when it has them
 
 
 class Recorder(tune.Callback):
@@ -283,7 +305,10 @@ class Recorder(tune.Callback):
                 keep_all=self.to.keep_all,
                 progress=None,
                 mutations=self.to.mutations,
+                reevaluations=reevaluations(study, self.to.noise),
             )
+            # the driver of this process (Tune's loop under Ray Client): the searcher asks it
+            Driver.current = self._own
         return self._own
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -294,11 +319,15 @@ class Recorder(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.driver().finish(trial)
+        self.driver().after_trial()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.driver().finish(trial, error=_error_message(trial))
+        self.driver().after_trial()
 
-    def on_step(self, iteration, trials, **info):
+    def on_step_end(self, iteration, trials, **info):
+        # (Tune's callbacks have no on_step: a method of that name was never called, and Ray
+        # trials sent no heartbeats after their first)
         self.driver().heartbeat()
 
 

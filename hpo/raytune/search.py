@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import search_spaces
+from hpo.noise import STOPPED
 from hpo.raytune.options import RayOptions
+from hpo.raytune.recorder import Driver
 from hpo.raytune.schedulers import mutation_bounds, perturbed, starting_values
 from hpo.record import TrialRecord, write
 from hpo.study_spec import StudySpec
@@ -41,11 +44,23 @@ class StudySearch(OptunaSearch):
         super().__init__(space=space, **kwargs)
         self.experiment = experiment
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if Driver.reevaluating() and self._live_trials():
+            # the slot of the trial that just ended goes to the seed re-run first. Only while a
+            # trial is live: Tune frees an ended trial's slot as it handles events, and with no
+            # trial live it stops handling them and only asks this searcher, so holding then
+            # would keep the re-run's slot taken for good
+            return None
+        if self._ot_study.user_attrs.get(STOPPED):  # hpo.noise's stop rule fired
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         trial = self._ot_trials[trial_id]
         _start_attrs(trial, config["overrides"], self.experiment)
         return {"hpo_number": trial.number, "overrides": config["overrides"]}
+
+    def _live_trials(self) -> bool:
+        """Trials asked for and not yet complete (pending or running in Tune)."""
+        return bool(self._ot_trials.keys() - self._completed_trials)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # the Recorder stores it

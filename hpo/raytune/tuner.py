@@ -14,6 +14,7 @@ from hpo.plan import WorkerPlan
 from hpo.raytune.cluster import cluster_slots
 from hpo.raytune.options import RayOptions
 from hpo.raytune.recorder import Recorder, RecordTo
+from hpo.raytune.reevaluations import noise_setup
 from hpo.raytune.schedulers import PBT_SCHEDULERS, Member, make_scheduler
 from hpo.raytune.search import SpaceFn, StudySearch, ask_members
 from hpo.storage import public_url
@@ -49,6 +50,7 @@ def new_tuner(
         checkpoint_root=str(Path(plan.checkpoint_root).resolve()),
         keep_all=args.keep_checkpoints,
         mutations=opts.mutations,
+        noise=noise_setup(spec, plan.sets, opts),
     )
     pbt = opts.scheduler in PBT_SCHEDULERS
     return tune.Tuner(
@@ -65,8 +67,10 @@ def new_tuner(
             max_concurrent_trials=opts.max_concurrent or max(1, int(cluster_slots(opts))),
             time_budget_s=args.timeout,
             # a worker process serves trial after trial (and keeps its tokenized data): a
-            # stopped trial's report raises SystemExit, which ends its function at once
-            reuse_actors=True,
+            # stopped trial's report raises SystemExit, which ends its function at once. Not
+            # with seed re-runs: a cached actor keeps its trial's CPUs and GPU, and the re-run
+            # (a Ray task, hpo.raytune.reevaluations) would wait for them forever
+            reuse_actors=not spec.noise.seeds,
             trial_dirname_creator=_dirname,
         ),
         run_config=tune.RunConfig(

@@ -141,6 +141,14 @@ def test_diverging_trials_are_pruned_with_a_bad_value_and_a_hopeless_study_stops
         ),
         (["--study", "smoke", "--workers", "0"], "error: --workers must be at least 1"),
         (
+            ["--study", "smoke", "--stop-below-noise"],
+            "error: --stop-below-noise: noise.stop_below_noise needs noise.seeds of 2 or more",
+        ),
+        (
+            ["--study", "smoke", "--noise-seeds", "-1"],
+            "error: --noise-seeds: Input should be greater than or equal to 0",
+        ),
+        (
             ["--study", "smoke", "--storage", "not-a-url"],
             "error: storage 'not-a-url' is not a database URL",
         ),

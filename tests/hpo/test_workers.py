@@ -44,6 +44,9 @@ def env(env):
 # A trial of this length spans several evaluations (checkpoints), so a kill lands mid-trial;
 # no pruning, so every trial runs long enough to be caught.
 LONG_TRIALS = ["--pruner", "none", *sets("train.max_steps=150", "train.eval_interval=10")]
+# a trial of ~1.5 s on a 2-core machine can end while PostgreSQL shuts down: a longer one is
+# still mid-way when the storage goes
+LONGER_TRIALS = ["--pruner", "none", *sets("train.max_steps=800", "train.eval_interval=10")]
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -194,10 +197,10 @@ def test_a_database_restart_mid_study_loses_nothing(pg_url, env):
 
 def test_a_database_gone_for_good_ends_the_run_in_one_line_and_the_trial_is_retried(pg_url, env):
     env = {**env, "HPO_STORAGE_RETRY_S": "3"}
-    args = ["--study", "smoke", "--trials", "3", "--storage", pg_url, *LONG_TRIALS]
+    args = ["--study", "smoke", "--trials", "3", "--storage", pg_url, *LONGER_TRIALS]
     proc = start("hpo.run", *args, env=env)
     wait_for(lambda: _study_exists(pg_url), what="the study")
-    stranded = wait_for(lambda: _mid_trial(pg_url), what="a trial mid-way")
+    wait_for(lambda: _mid_trial(pg_url), what="a trial mid-way")
     done_before = {t.number: t.value for t in load(pg_url).trials if t.state == TrialState.COMPLETE}
     _postgres("stop")
     try:
@@ -206,6 +209,8 @@ def test_a_database_gone_for_good_ends_the_run_in_one_line_and_the_trial_is_retr
         _postgres("start")
     assert code == 1 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(f"error: lost the storage {pg_url}")
+    # the trial the storage was lost under, as the dead run left it
+    (stranded,) = load(pg_url).get_trials(states=(TrialState.RUNNING,))
     # the rerun finds the stranded trial silent, fails it as crashed and retries it from its
     # last checkpoint
     code, _, err = finish(start("hpo.run", *args, env=env))
