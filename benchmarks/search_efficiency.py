@@ -3,7 +3,9 @@
     python benchmarks/search_efficiency.py [--seeds 3] [--budget-trials 30] [--strategies ...]
 
 Strategies, each given the same compute budget (training steps summed over trials):
-  - tpe+hyperband  (hpo's default: its sampler, pruner and lr_sweep space, through hpo's objective)
+  - tpe+sha        (hpo's default: its sampler, lr_sweep's pruner, asynchronous successive
+                    halving (ASHA), and its space, through hpo's objective)
+  - tpe+hyperband  (the same with Hyperband, hpo's default before ASHA)
   - random         (random search, every trial trained to the end: the floor)
   - random+hyperband
   - optuna-tpe+hyperband, optuna-tpe+median: plain Optuna as its PyTorch examples write it,
@@ -11,12 +13,22 @@ Strategies, each given the same compute budget (training steps summed over trial
     space (log-uniform lr, uniform betas, log-uniform weight decay, categorical optimizer and
     schedule), reporting val loss at each evaluation by its index, as the examples report
     epochs
+  - tpe+hyperband/hand-space: hpo's sampler and pruner on that hand-written space (so the
+    effect of hpo's space and of hpo's search are told apart)
+  - ray-optuna+asha: Ray Tune as its documentation writes it, OptunaSearch() and
+    ASHAScheduler() at their defaults, one trial at a time, over the hand-written space
+    (tune.loguniform / tune.uniform / tune.choice), val loss reported at each evaluation; its
+    best counts only trials run to the end, as the Optuna rows count only complete trials
 Every run trains hpo's real trainer on real SQLite storage, with the same model, corpus and
 trainer seed. Reported per strategy, median over study seeds: the final best value, and the
 compute at which each strategy first matched the unpruned random search's final best (as a
 fraction of the budget); and hpo's default against each other strategy, seed-paired (hpo.stats:
-the mean difference with its 95% t-interval and the exact permutation p). Also the share of wall
-time spent outside training: sampler, pruner, storage, process start-up.
+the mean difference with its 95% t-interval and the exact permutation p). With --test-seeds N,
+each study's chosen config is trained again on N fresh seeds and scored on the test split as
+hpo.validate scores (the best val value of a search is optimistic), compared the same way. Also
+the share of wall time spent outside training: sampler, pruner, storage, process start-up.
+--alone runs only the given strategies (say Ray's, whose studies run one at a time in this
+process, each on a local Ray) into --out; --from-json A.json B.json then summarizes them together.
 
     python benchmarks/search_efficiency.py --overhead-trials 12
 
@@ -41,6 +53,7 @@ from pathlib import Path
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
+from ray.tune.stopper import Stopper
 
 from hpo.objective import Objective
 from hpo.record import TrialRecord
@@ -48,6 +61,7 @@ from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import load_study_spec
+from hpo.validate import SEED_BASE, Job, run_job, seeded
 from trainers import DivergedError, StopTraining, TrainConfig, TrainerError, train
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -62,12 +76,16 @@ BENCH_SETS = {
     "train.eval_interval": 25,
     "train.eval_batches": 4,
 }
+# name: (sampler, pruner, space); "optuna-*" are plain Optuna's defaults, "ray" is Ray Tune's
 STRATEGIES = {
-    "tpe+hyperband": ("tpe", "hyperband"),
-    "random": ("random", "none"),
-    "random+hyperband": ("random", "hyperband"),
-    "optuna-tpe+hyperband": ("optuna-tpe", "optuna-hyperband"),
-    "optuna-tpe+median": ("optuna-tpe", "optuna-median"),
+    "tpe+hyperband": ("tpe", "hyperband", "hpo"),
+    "tpe+sha": ("tpe", "sha", "hpo"),
+    "random": ("random", "none", "hpo"),
+    "random+hyperband": ("random", "hyperband", "hpo"),
+    "optuna-tpe+hyperband": ("optuna-tpe", "optuna-hyperband", "hand"),
+    "optuna-tpe+median": ("optuna-tpe", "optuna-median", "hand"),
+    "tpe+hyperband/hand-space": ("tpe", "hyperband", "hand"),
+    "ray-optuna+asha": ("ray-optuna", "ray-asha", "hand"),
 }
 PLAIN_PRUNERS = {
     "optuna-hyperband": optuna.pruners.HyperbandPruner,
@@ -78,13 +96,27 @@ PLAIN_PRUNERS = {
 def hand_written_space(trial: optuna.Trial) -> dict:
     """The space a user writes by hand for Optuna: one lr range for every optimizer, betas
     sampled uniformly (and also for SGD, where they do nothing), weight decay always on."""
+    return hand_overrides(
+        {
+            "optimizer": trial.suggest_categorical("optimizer", ["adamw", "adam", "sgd"]),
+            "lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
+            "beta1": trial.suggest_float("beta1", 0.8, 0.99),
+            "beta2": trial.suggest_float("beta2", 0.9, 0.999),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
+            "schedule": trial.suggest_categorical("schedule", ["cosine", "linear", "constant"]),
+        }
+    )
+
+
+def hand_overrides(values: dict) -> dict:
+    """The hand-written space's values as the trainer's settings."""
     return {
-        "optim.name": trial.suggest_categorical("optimizer", ["adamw", "adam", "sgd"]),
-        "optim.lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
-        "optim.beta1": trial.suggest_float("beta1", 0.8, 0.99),
-        "optim.beta2": trial.suggest_float("beta2", 0.9, 0.999),
-        "optim.weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
-        "schedule.name": trial.suggest_categorical("schedule", ["cosine", "linear", "constant"]),
+        "optim.name": values["optimizer"],
+        "optim.lr": values["lr"],
+        "optim.beta1": values["beta1"],
+        "optim.beta2": values["beta2"],
+        "optim.weight_decay": values["weight_decay"],
+        "schedule.name": values["schedule"],
     }
 
 
@@ -92,17 +124,22 @@ class PlainObjective:
     """The objective of Optuna's PyTorch examples around hpo's trainer: report each evaluation,
     raise TrialPruned when told, return the best val loss. A run whose loss turns NaN returns
     NaN (Optuna records it FAILED); one that blows up but stays finite returns that loss, as a
-    user's loop that trains on would (its steps counted up to where hpo's trainer stopped it)."""
+    user's loop that trains on would (its steps counted up to where hpo's trainer stopped it).
 
-    def __init__(self, base: TrainConfig) -> None:
-        self.base = base
+    It reports by evaluation index, as the examples report epochs, or, for hpo's pruner (whose
+    resource is training steps), by step.
+    """
+
+    def __init__(self, base: TrainConfig, *, by_step: bool = False) -> None:
+        self.base, self.by_step = base, by_step
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.base.with_overrides(hand_written_space(trial))
+        trial.set_user_attr("config", cfg.to_dict())
         evaluations = [0]
 
         def report(step: int, metrics: dict[str, float]) -> None:
-            trial.report(metrics["val/loss"], evaluations[0])
+            trial.report(metrics["val/loss"], step if self.by_step else evaluations[0])
             evaluations[0] += 1
             trial.set_user_attr("steps", step)
             if trial.should_prune():
@@ -125,36 +162,37 @@ def steps_of(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def run_strategy(
-    sampler: str,
-    pruner: str,
-    seed: int,
-    budget: int,
-    workdir: Path,
-    corpus: str,
-    n_startup: int | None,
+    name: str, seed: int, budget: int, workdir: Path, corpus: str, n_startup: int | None
 ) -> dict:
+    """One study of strategy `name` with study seed `seed`, stopped at `budget` steps."""
+    sampler, pruner, space = STRATEGIES[name]
     sets = {**BENCH_SETS, "data.corpus": corpus}
     spec = load_study_spec("lr_sweep", sets=sets)
     if n_startup is not None:
         spec.sampler.n_startup_trials = n_startup
-    storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{seed}.db")
+    base = spec.train_config(sets)
+    if sampler == "ray-optuna":
+        return run_ray_tune(base, seed, budget, workdir)
+    storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{space}-{seed}.db")
     # a fixed name: Hyperband assigns trials to brackets by hashing the study name
-    name = f"{sampler}-{pruner}-{seed}"
+    study_name = f"{sampler}-{pruner}-{seed}"
     if pruner in PLAIN_PRUNERS:  # as the user writes it: defaults, the study seed only
         study = optuna.create_study(
-            study_name=name,
+            study_name=study_name,
             storage=storage,
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=PLAIN_PRUNERS[pruner](),
         )
-        objective = PlainObjective(spec.train_config(sets))
     else:
-        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
         study.sampler = make_sampler(spec, name=sampler, seed=seed, worker=0, n_existing=0)
-        study.pruner = make_pruner(spec, name=pruner, cfg=spec.train_config(sets))
+        study.pruner = make_pruner(spec, name=pruner, cfg=base)
+    if space == "hand":
+        objective = PlainObjective(base, by_step=pruner not in PLAIN_PRUNERS)
+    else:
         objective = Objective(
-            spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{name}"
+            spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{study_name}"
         )
     start = time.perf_counter()
     study.optimize(objective, catch=(TrainerError,), callbacks=[StopAtBudget(budget)])
@@ -172,7 +210,109 @@ def run_strategy(
         "wall_s": wall,
         "train_s": train_time,
         "trials": len(curve),
+        "config": chosen_config(study.best_trial),
     }
+
+
+def chosen_config(trial: optuna.trial.FrozenTrial) -> dict:
+    """The config the study's best trial trained: hpo's record, or the plain objective's."""
+    return trial.user_attrs.get("config") or TrialRecord.of(trial).manifest["config"]
+
+
+def run_ray_tune(base: TrainConfig, seed: int, budget: int, workdir: Path) -> dict:
+    """Ray Tune as its documentation's Optuna + ASHA examples write it, one trial at a time on
+    a local Ray of one CPU; stopped at `budget` steps as the Optuna studies are."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {
+        "optimizer": tune.choice(["adamw", "adam", "sgd"]),
+        "lr": tune.loguniform(1e-5, 1e-1),
+        "beta1": tune.uniform(0.8, 0.99),
+        "beta2": tune.uniform(0.9, 0.999),
+        "weight_decay": tune.loguniform(1e-5, 1e-1),
+        "schedule": tune.choice(["cosine", "linear", "constant"]),
+    }
+    stopper = BudgetStopper(budget)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_parameters(_ray_trainable, base=base.to_dict()),
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="val_loss",
+                mode="min",
+                search_alg=OptunaSearch(seed=seed),
+                scheduler=ASHAScheduler(),
+                num_samples=-1,
+                max_concurrent_trials=1,
+            ),
+            run_config=tune.RunConfig(
+                storage_path=str(workdir / "ray"), name=f"ray-{seed}", stop=stopper, verbose=0
+            ),
+        )
+        start = time.perf_counter()
+        results = tuner.fit()
+        wall = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    # the ResultGrid lists trials in the order Tune made them; one that failed before its
+    # first report has no history
+    trials = [r for r in results if "steps" in r.metrics_dataframe]
+    curve, best, steps, chosen = [], float("inf"), 0, None
+    for r in trials:
+        history = r.metrics_dataframe
+        steps += int(history["steps"].max())
+        # as the Optuna rows count only complete trials: a trial ASHA stopped is left out
+        # (Ray tells Optuna it completed, with its value at the stopping rung)
+        ran_to_the_end = history["steps"].max() >= base.train.max_steps
+        if ran_to_the_end and history["val_loss"].min() < best:
+            best, chosen = float(history["val_loss"].min()), r.config
+        curve.append((steps, best))
+    return {
+        "curve": curve,
+        "best": best,
+        "wall_s": wall,
+        "train_s": 0.0,  # not kept: no overhead column for Ray
+        "trials": len(trials),
+        "config": base.with_overrides(hand_overrides(chosen)).to_dict(),
+    }
+
+
+def _ray_trainable(config: dict, base: dict) -> None:
+    """A Tune function trainable: val loss at each evaluation (ASHA counts reports)."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict(base).with_overrides(hand_overrides(config))
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        tune.report({"val_loss": metrics["val/loss"], "steps": step})
+
+    try:
+        train(cfg, report=report)
+    except DivergedError as e:
+        tune.report({"val_loss": e.loss, "steps": e.step})
+
+
+class BudgetStopper(Stopper):
+    """Tune's experiment stopper once the trials before the running one have trained `budget`
+    steps in all: as StopAtBudget, the trial that crosses the budget ends as it would have
+    (trials run one at a time; the next one is stopped at its first report)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.steps = budget, {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.steps[trial_id] = result.get("steps", 0)
+        return False
+
+    def stop_all(self) -> bool:
+        *before, _running = self.steps.values() or [0]
+        return sum(before) >= self.budget
 
 
 class StopAtBudget:
@@ -236,15 +376,32 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def test_losses(config: dict, n: int, workdir: Path) -> list[dict]:
+    """`config` trained on n fresh seeds, scored as hpo.validate scores (the best checkpoint on
+    the test split): its rows of test and val metrics."""
+    cfg = TrainConfig.from_dict(config)
+    out = []
+    for i in range(n):
+        job = Job("winner", seeded(cfg, SEED_BASE + i).to_dict(), SEED_BASE + i, "", str(workdir))
+        out.append(run_job(job)[1])
+    return out
+
+
 def _run(task: tuple) -> tuple[str, int, dict]:
-    name, seed, budget, workdir, corpus, n_startup = task
-    sampler, pruner = STRATEGIES[name]
-    return name, seed, run_strategy(sampler, pruner, seed, budget, workdir, corpus, n_startup)
+    name, seed, budget, workdir, corpus, n_startup, test_seeds = task
+    result = run_strategy(name, seed, budget, workdir, corpus, n_startup)
+    if test_seeds:
+        scores = test_losses(result["config"], test_seeds, workdir / f"test-{name}-{seed}")
+        result["test"] = statistics.mean(s["test/loss"] for s in scores)
+    return name, seed, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="study seeds first-seed .. first-seed+seeds-1"
+    )
     parser.add_argument(
         "--budget-trials", type=int, default=30, help="budget = this many full trials"
     )
@@ -260,9 +417,26 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write every run's curve here (JSON)")
     parser.add_argument(
-        "--from-json", type=Path, help="instead: summarize and plot the curves of an earlier --out"
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="instead: summarize and plot the curves of earlier --out files, merged",
     )
     parser.add_argument("--plot", type=Path, help="best-so-far against compute, as a PNG")
+    parser.add_argument(
+        "--reference",
+        choices=list(STRATEGIES),
+        default="tpe+sha",
+        help="the strategy the others are compared with, seed-paired (hpo's default)",
+    )
+    parser.add_argument(
+        "--test-seeds", type=int, default=0, help="score each chosen config on N fresh seeds"
+    )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="run only --strategies (no reference rows), write --out, summarize with --from-json",
+    )
     parser.add_argument(
         "--overhead-trials",
         type=int,
@@ -273,22 +447,31 @@ def main() -> None:
         print(json.dumps(default_study_overhead(args.overhead_trials), indent=2))
         return
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        results, budget = saved["runs"], saved["budget_steps"]
+        saved = [json.loads(path.read_text()) for path in args.from_json]
+        # a strategy in several files (seed ranges run apart): its runs in the files' order
+        results: dict[str, list[dict]] = {}
+        for out in saved:
+            for name, runs in out["runs"].items():
+                results.setdefault(name, []).extend(runs)
+        budget = saved[0]["budget_steps"]
         if args.plot:
             plot_curves(results, budget, args.plot)
-        print(json.dumps(summarize(results, budget, len(results["random"])), indent=2))
+        summary = summarize(results, budget, len(results["random"]), args.reference)
+        print(json.dumps(summary, indent=2))
         return
-    names = list(dict.fromkeys(["tpe+hyperband", "random", *args.strategies]))
+    # the reference rows (hpo's default, random) unless --alone: then merge with --from-json
+    references = [] if args.alone else [args.reference, "random"]
+    names = list(dict.fromkeys([*references, *args.strategies]))
     budget = args.budget_trials * BENCH_SETS["train.max_steps"]
     runs: dict[str, dict[int, dict]] = {name: {} for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         tasks = [
-            (name, seed, budget, Path(tmp), args.corpus, args.n_startup)
-            for seed in range(args.seeds)
+            (name, seed, budget, Path(tmp), args.corpus, args.n_startup, args.test_seeds)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
             for name in names
         ]
-        if args.jobs == 1:
+        # Ray's row starts a local Ray per study: in this process, one at a time
+        if args.jobs == 1 or any(STRATEGIES[n][0] == "ray-optuna" for n in names):
             done = map(_run, tasks)
         else:
             ctx = multiprocessing.get_context("spawn")
@@ -296,17 +479,20 @@ def main() -> None:
             done = pool.imap_unordered(_run, tasks)
         for name, seed, r in done:
             runs[name][seed] = r
+            test = f", test {r['test']:.4f}" if "test" in r else ""
             print(
-                f"seed {seed} {name:>20}: best {r['best']:.4f} "
+                f"seed {seed} {name:>24}: best {r['best']:.4f}{test} "
                 f"after {r['trials']} trials, {r['wall_s']:.0f}s",
                 file=sys.stderr,
             )
     results = {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in runs.items()}
     if args.out:
         args.out.write_text(json.dumps({"budget_steps": budget, "runs": results}))
+    if args.alone:
+        return
     if args.plot:
         plot_curves(results, budget, args.plot)
-    print(json.dumps(summarize(results, budget, args.seeds), indent=2))
+    print(json.dumps(summarize(results, budget, args.seeds, args.reference), indent=2))
 
 
 def plot_curves(results: dict[str, list[dict]], budget: int, path: Path) -> None:
@@ -339,9 +525,10 @@ def plot_curves(results: dict[str, list[dict]], budget: int, path: Path) -> None
     plt.close(fig)
 
 
-def summarize(results: dict[str, list[dict]], budget: int, seeds: int) -> dict:
+def summarize(results: dict[str, list[dict]], budget: int, seeds: int, reference: str) -> dict:
+    """Each strategy's row; `reference` (hpo's default) against each of the others."""
     startup = startup_seconds()
-    hpo = results["tpe+hyperband"]
+    hpo = results[reference]
     rows = {}
     for name, runs in results.items():
         fractions = [
@@ -362,15 +549,17 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int) -> dict:
             "compute_to_match_random_final": round(statistics.median(fractions), 3),
             "overhead_share": round(statistics.median(overhead), 4) if overhead else None,
         }
-        if name != "tpe+hyperband":
+        tested = all("test" in r for r in runs)
+        if tested:
+            row["median_test"] = round(statistics.median(r["test"] for r in runs), 4)
+        if name != reference:
             # hpo's compute to first reach this strategy's median final best, seed by seed
             reach = [steps_to_reach(r["curve"], median_best) / budget for r in hpo]
             row["hpo_compute_to_match_median_final"] = round(statistics.median(reach), 3)
             if seeds >= 2:
-                paired = compare_paired([r["best"] for r in hpo], [r["best"] for r in runs])
-                row["hpo_minus_this"] = {
-                    k: paired[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value")
-                }
+                row["hpo_minus_this"] = _paired(hpo, runs, "best")
+                if tested and all("test" in r for r in hpo):
+                    row["hpo_minus_this_test"] = _paired(hpo, runs, "test")
         rows[name] = row
     return {
         "budget_steps": budget,
@@ -378,6 +567,12 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int) -> dict:
         "startup_s": round(startup, 2),
         "strategies": rows,
     }
+
+
+def _paired(hpo: list[dict], runs: list[dict], key: str) -> dict:
+    """hpo's default minus this strategy, seed by seed (hpo.stats)."""
+    paired = compare_paired([r[key] for r in hpo], [r[key] for r in runs])
+    return {k: paired[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value")}
 
 
 if __name__ == "__main__":
