@@ -1,6 +1,7 @@
 """Many workers on one study in the real PostgreSQL server (127.0.0.1:5432): joining, a worker
 killed with SIGKILL mid-trial, and every command reading the same database."""
 
+import functools
 import json
 import os
 import pickle
@@ -31,8 +32,16 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow  # PostgreSQL, several worker processes, real training
 
 
+@functools.cache
+def _storage(url):
+    # one storage (one connection pool) per database: the polls below open a study every few
+    # milliseconds, and a pool each would hold dozens of PostgreSQL connections, crowding the
+    # workers' out of the server's 100 (a worker kept from writing its heartbeat looks dead)
+    return open_storage(url)
+
+
 def load(url, name="smoke"):
-    return optuna.load_study(study_name=name, storage=open_storage(url))
+    return optuna.load_study(study_name=name, storage=_storage(url))
 
 
 @pytest.fixture

@@ -4,8 +4,12 @@ Each test runs hpo.run in its own process session, so whatever happens, the fina
 end the Ray processes that run started (and no others).
 """
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -185,33 +189,63 @@ def test_ray_flags_need_the_ray_backend(tmp_path, env):
     assert out.returncode == 2 and out.stderr == "error: --scheduler needs --backend ray\n"
 
 
-def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env, monkeypatch):
-    """--address ray://HOST:PORT: Ray Client, the driver runs on the cluster."""
-    from ray.cluster_utils import Cluster
+# A one-node cluster in a process of its own (a fresh Ray configuration: the test process's
+# Ray reads RAY_AUTH_MODE once); it prints its node's id and ends when its stdin closes.
+HEAD_NODE = """
+import sys
+from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_TMPDIR", env["RAY_TMPDIR"])
-    # the head's client proxy starts a server process per client and gives it 30 s by default,
-    # which a busy 2-core machine can miss; the proxy inherits this from the test's environment
-    monkeypatch.setenv("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "180")
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={
+        "num_cpus": 2, "include_dashboard": False, "ray_client_server_port": int(sys.argv[1])
+    },
+)
+cluster.wait_for_nodes()
+print(*(n.node_id for n in cluster.list_all_nodes()), flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+
+
+def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env):
+    """--address ray://HOST:PORT: Ray Client, the driver runs on the cluster."""
     port = free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": False, "ray_client_server_port": port},
+    # token authentication, as Ray 2.60 starts local clusters, with a token of the test's own
+    # (not ~/.ray/auth_token, which exists only if an earlier Ray run here wrote one). The head's
+    # client proxy starts a server process per client and gives it 30 s by default, which a
+    # busy 2-core machine can miss.
+    cluster_env = {
+        **env,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+        "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
+    }
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD_NODE, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cluster_env,
+        start_new_session=True,
     )
     try:
-        cluster.wait_for_nodes()
-        # the local cluster uses token authentication; the client must too
-        client_env = {**env, "RAY_AUTH_MODE": "token"}
+        head_ids = set(head.stdout.readline().split())
+        assert head_ids, "the head node did not start"
         address = ["--address", f"ray://127.0.0.1:{port}"]
         args = ["--storage", sqlite_url(tmp_path), "--backend", "ray", "--study", "smoke"]
         code, _, err = finish(
-            start("hpo.run", *args, "--trials", "3", *address, *TINY, env=client_env)
+            start("hpo.run", *args, "--trials", "3", *address, *TINY, env=cluster_env)
         )
-        logs = sorted(Path(env["RAY_TMPDIR"]).glob("**/logs/ray_client_server*.err"))
+        logs = sorted(Path(env["RAY_TMPDIR"]).glob("**/logs/ray_client_server*.*"))
         assert code == 0, err[-3000:] + "".join(p.read_text()[-2000:] for p in logs)
-        head = {n.node_id for n in cluster.list_all_nodes()}
     finally:
-        cluster.shutdown()
+        head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
     ts = trials_at(tmp_path)
     assert len(counted(ts)) == 3
-    assert {t.user_attrs["ray.node_id"] for t in ts} <= head
+    assert {t.user_attrs["ray.node_id"] for t in ts} <= head_ids
