@@ -107,14 +107,18 @@ def make_scheduler(
             synch=p.synch,
         )
     if name == "pb2":  # a GP over the hyperparameters: log-scale ones are modelled as log10
+        pb2_bounds = {
+            pb2_key(key, log): (math.log10(lo), math.log10(hi)) if log else (lo, hi)
+            for key, (lo, hi, log) in bounds.items()
+        }
         return PB2(
             time_attr=TIME_ATTR,
             perturbation_interval=interval,
-            hyperparam_bounds={
-                pb2_key(key, log): [math.log10(lo), math.log10(hi)] if log else [lo, hi]
-                for key, (lo, hi, log) in bounds.items()
-            },
+            hyperparam_bounds={key: list(b) for key, b in pb2_bounds.items()},
             quantile_fraction=p.quantile_fraction,
+            # PB2 proposes float32 values, which at a bound can land a hair outside it (dropout
+            # 0.3 as 0.30000001): clipped back, so that what trains is within the space
+            custom_explore_fn=Clip(pb2_bounds),
             synch=p.synch,
         )
     raise ValueError(f"unknown scheduler {name=}")
