@@ -19,6 +19,8 @@ Strategies, each given the same compute budget (training steps summed over trial
     ASHAScheduler() at their defaults, one trial at a time, over the hand-written space
     (tune.loguniform / tune.uniform / tune.choice), val loss reported at each evaluation; its
     best counts only trials run to the end, as the Optuna rows count only complete trials
+  - smac-mf, syne-bohb: SMAC3's multi-fidelity facade and Syne Tune's BOHB on the hand-written
+    space (benchmarks/peers.py; pip install -e .[bench-peers])
 Every run trains hpo's real trainer on real SQLite storage, with the same model, corpus and
 trainer seed. Reported per strategy, median over study seeds: the final best value, and the
 compute at which each strategy first matched the unpruned random search's final best (as a
@@ -86,6 +88,9 @@ STRATEGIES = {
     "optuna-tpe+median": ("optuna-tpe", "optuna-median", "hand"),
     "tpe+hyperband/hand-space": ("tpe", "hyperband", "hand"),
     "ray-optuna+asha": ("ray-optuna", "ray-asha", "hand"),
+    # benchmarks/peers.py, pip install -e .[bench-peers]
+    "smac-mf": ("smac", "smac-hyperband", "hand"),
+    "syne-bohb": ("syne-tune", "syne-bohb", "hand"),
 }
 PLAIN_PRUNERS = {
     "optuna-hyperband": optuna.pruners.HyperbandPruner,
@@ -173,6 +178,14 @@ def run_strategy(
     base = spec.train_config(sets)
     if sampler == "ray-optuna":
         return run_ray_tune(base, seed, budget, workdir)
+    if sampler == "smac":
+        from peers import run_smac
+
+        return run_smac(base, seed, budget, workdir)
+    if sampler == "syne-tune":
+        from peers import run_syne_tune
+
+        return run_syne_tune(base, seed, budget, workdir)
     storage = open_storage(f"sqlite:///{workdir}/{sampler}-{pruner}-{space}-{seed}.db")
     # a fixed name: Hyperband assigns trials to brackets by hashing the study name
     study_name = f"{sampler}-{pruner}-{seed}"
@@ -485,14 +498,22 @@ def main() -> None:
                 f"after {r['trials']} trials, {r['wall_s']:.0f}s",
                 file=sys.stderr,
             )
+            if args.out:  # after every study: a long run stopped part-way keeps what it did
+                _write_runs(args.out, budget, runs)
     results = {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in runs.items()}
-    if args.out:
-        args.out.write_text(json.dumps({"budget_steps": budget, "runs": results}))
     if args.alone:
         return
     if args.plot:
         plot_curves(results, budget, args.plot)
     print(json.dumps(summarize(results, budget, args.seeds, args.reference), indent=2))
+
+
+def _write_runs(path: Path, budget: int, runs: dict[str, dict[int, dict]]) -> None:
+    """The seeds every strategy has finished, so that --from-json merges this file with a run of
+    the remaining seeds (--first-seed); "seeds" says which."""
+    complete = sorted(set.intersection(*(set(by_seed) for by_seed in runs.values())))
+    results = {name: [by_seed[s] for s in complete] for name, by_seed in runs.items()}
+    path.write_text(json.dumps({"budget_steps": budget, "seeds": complete, "runs": results}))
 
 
 def plot_curves(results: dict[str, list[dict]], budget: int, path: Path) -> None:
