@@ -31,9 +31,6 @@ import numpy as np
 
 from trainers import DivergedError, StopTraining, TrainConfig, train
 
-OPTIMIZERS = ["adamw", "adam", "sgd"]
-SCHEDULES = ["cosine", "linear", "constant"]
-
 
 @dataclass
 class Evaluation:
@@ -83,7 +80,7 @@ def run_smac(base: TrainConfig, seed: int, budget: int, workdir: Path) -> dict:
     train.max_steps, stopped at `budget` steps (or at the n_trials its helper derives from
     that budget, whichever comes first)."""
     from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float
-    from search_efficiency import hand_overrides
+    from search_efficiency import HAND_FLOATS, OPTIMIZERS, SCHEDULES, hand_overrides
     from smac import MultiFidelityFacade, Scenario
     from smac.callback import Callback
     from smac.intensifier.hyperband_utils import get_n_trials_for_hyperband_multifidelity
@@ -92,10 +89,7 @@ def run_smac(base: TrainConfig, seed: int, budget: int, workdir: Path) -> dict:
     space.add(
         [
             Categorical("optimizer", OPTIMIZERS),
-            Float("lr", (1e-5, 1e-1), log=True),
-            Float("beta1", (0.8, 0.99)),
-            Float("beta2", (0.9, 0.999)),
-            Float("weight_decay", (1e-5, 1e-1), log=True),
+            *(Float(name, (low, high), log=log) for name, (low, high, log) in HAND_FLOATS.items()),
             Categorical("schedule", SCHEDULES),
         ]
     )
@@ -160,16 +154,17 @@ def run_syne_tune(base: TrainConfig, seed: int, budget: int, workdir: Path) -> d
     no backend, nothing written). Its grace period is one evaluation interval: its default, 1,
     is one report in the units its examples use (epochs); in steps it gives the same rungs as
     Ray's ASHA row (1, 3, 9 evaluations = 25, 75, 225 steps at the benchmark's settings)."""
+    from search_efficiency import HAND_FLOATS, OPTIMIZERS, SCHEDULES
     from syne_tune.backend.trial_status import Trial
     from syne_tune.config_space import choice, loguniform, uniform
     from syne_tune.optimizer.baselines import BOHB
 
     space = {
         "optimizer": choice(OPTIMIZERS),
-        "lr": loguniform(1e-5, 1e-1),
-        "beta1": uniform(0.8, 0.99),
-        "beta2": uniform(0.9, 0.999),
-        "weight_decay": loguniform(1e-5, 1e-1),
+        **{
+            name: (loguniform if log else uniform)(low, high)
+            for name, (low, high, log) in HAND_FLOATS.items()
+        },
         "schedule": choice(SCHEDULES),
     }
     scheduler = BOHB(

@@ -98,17 +98,29 @@ PLAIN_PRUNERS = {
 }
 
 
+# The hand-written space, once: each library's rows (Optuna, Ray Tune, benchmarks/peers.py)
+# write it in their own API from these, so that no row searches other bounds.
+OPTIMIZERS = ["adamw", "adam", "sgd"]
+SCHEDULES = ["cosine", "linear", "constant"]
+HAND_FLOATS = {  # name: (low, high, log-uniform)
+    "lr": (1e-5, 1e-1, True),
+    "beta1": (0.8, 0.99, False),
+    "beta2": (0.9, 0.999, False),
+    "weight_decay": (1e-5, 1e-1, True),
+}
+
+
 def hand_written_space(trial: optuna.Trial) -> dict:
     """The space a user writes by hand for Optuna: one lr range for every optimizer, betas
     sampled uniformly (and also for SGD, where they do nothing), weight decay always on."""
     return hand_overrides(
         {
-            "optimizer": trial.suggest_categorical("optimizer", ["adamw", "adam", "sgd"]),
-            "lr": trial.suggest_float("lr", 1e-5, 1e-1, log=True),
-            "beta1": trial.suggest_float("beta1", 0.8, 0.99),
-            "beta2": trial.suggest_float("beta2", 0.9, 0.999),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),
-            "schedule": trial.suggest_categorical("schedule", ["cosine", "linear", "constant"]),
+            "optimizer": trial.suggest_categorical("optimizer", OPTIMIZERS),
+            **{
+                name: trial.suggest_float(name, low, high, log=log)
+                for name, (low, high, log) in HAND_FLOATS.items()
+            },
+            "schedule": trial.suggest_categorical("schedule", SCHEDULES),
         }
     )
 
@@ -241,12 +253,12 @@ def run_ray_tune(base: TrainConfig, seed: int, budget: int, workdir: Path) -> di
     from ray.tune.search.optuna import OptunaSearch
 
     space = {
-        "optimizer": tune.choice(["adamw", "adam", "sgd"]),
-        "lr": tune.loguniform(1e-5, 1e-1),
-        "beta1": tune.uniform(0.8, 0.99),
-        "beta2": tune.uniform(0.9, 0.999),
-        "weight_decay": tune.loguniform(1e-5, 1e-1),
-        "schedule": tune.choice(["cosine", "linear", "constant"]),
+        "optimizer": tune.choice(OPTIMIZERS),
+        **{
+            name: (tune.loguniform if log else tune.uniform)(low, high)
+            for name, (low, high, log) in HAND_FLOATS.items()
+        },
+        "schedule": tune.choice(SCHEDULES),
     }
     stopper = BudgetStopper(budget)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
