@@ -31,6 +31,10 @@ hpo.validate scores (the best val value of a search is optimistic), compared the
 the share of wall time spent outside training: sampler, pruner, storage, process start-up.
 --alone runs only the given strategies (say Ray's, whose studies run one at a time in this
 process, each on a local Ray) into --out; --from-json A.json B.json then summarizes them together.
+A lever is measured alone with --spec: hpo's rows with one of lr_sweep's sampler or pruner
+settings changed, named with it, e.g. `--alone --strategies tpe+sha --spec
+pruner.reduction_factor=4` gives the row tpe+sha[pruner.reduction_factor=4], merged with the
+default's run by --from-json.
 
     python benchmarks/search_efficiency.py --overhead-trials 12
 
@@ -53,6 +57,8 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pydantic
+import yaml
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from ray.tune.stopper import Stopper
@@ -62,7 +68,7 @@ from hpo.record import TrialRecord
 from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
-from hpo.study_spec import load_study_spec
+from hpo.study_spec import StudySpec, load_study_spec
 from hpo.validate import SEED_BASE, Job, run_job, seeded
 from trainers import DivergedError, StopTraining, TrainConfig, TrainerError, train
 
@@ -92,6 +98,7 @@ STRATEGIES = {
     "smac-mf": ("smac", "smac-hyperband", "hand"),
     "syne-bohb": ("syne-tune", "syne-bohb", "hand"),
 }
+HPO_SAMPLERS = ("tpe", "random")  # rows made by hpo.strategy from lr_sweep's spec
 PLAIN_PRUNERS = {
     "optuna-hyperband": optuna.pruners.HyperbandPruner,
     "optuna-median": optuna.pruners.MedianPruner,
@@ -179,14 +186,13 @@ def steps_of(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def run_strategy(
-    name: str, seed: int, budget: int, workdir: Path, corpus: str, n_startup: int | None
+    name: str, seed: int, budget: int, workdir: Path, corpus: str, spec_sets: dict[str, str]
 ) -> dict:
-    """One study of strategy `name` with study seed `seed`, stopped at `budget` steps."""
+    """One study of strategy `name` with study seed `seed`, stopped at `budget` steps;
+    `spec_sets` change lr_sweep's sampler and pruner settings (hpo's rows only)."""
     sampler, pruner, space = STRATEGIES[name]
     sets = {**BENCH_SETS, "data.corpus": corpus}
-    spec = load_study_spec("lr_sweep", sets=sets)
-    if n_startup is not None:
-        spec.sampler.n_startup_trials = n_startup
+    spec = with_spec_sets(load_study_spec("lr_sweep", sets=sets), spec_sets)
     base = spec.train_config(sets)
     if sampler == "ray-optuna":
         return run_ray_tune(base, seed, budget, workdir)
@@ -237,6 +243,28 @@ def run_strategy(
         "trials": len(curve),
         "config": chosen_config(study.best_trial),
     }
+
+
+def with_spec_sets(spec: StudySpec, spec_sets: dict[str, str]) -> StudySpec:
+    """lr_sweep with its sampler and pruner settings changed: {"pruner.reduction_factor": "4"}
+    (values as YAML reads them), checked as a study file's would be."""
+    data = spec.model_dump()
+    for key, value in spec_sets.items():
+        section, _, field = key.partition(".")
+        if section not in ("sampler", "pruner") or not field or value == "":
+            raise ValueError(f"{key}={value}: expected sampler.FIELD=VALUE or pruner.FIELD=VALUE")
+        data[section][field] = yaml.safe_load(value)
+    try:
+        return StudySpec.model_validate(data)
+    except pydantic.ValidationError as e:  # its first error, in one line
+        err = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def row_name(name: str, spec_sets: dict[str, str]) -> str:
+    """The row's name, with the settings it changed: tpe+sha[pruner.reduction_factor=4]."""
+    changed = ",".join(f"{k}={v}" for k, v in spec_sets.items())
+    return f"{name}[{changed}]" if changed else name
 
 
 def chosen_config(trial: optuna.trial.FrozenTrial) -> dict:
@@ -413,8 +441,8 @@ def test_losses(config: dict, n: int, workdir: Path) -> list[dict]:
 
 
 def _run(task: tuple) -> tuple[str, int, dict]:
-    name, seed, budget, workdir, corpus, n_startup, test_seeds = task
-    result = run_strategy(name, seed, budget, workdir, corpus, n_startup)
+    name, seed, budget, workdir, corpus, spec_sets, test_seeds = task
+    result = run_strategy(name, seed, budget, workdir, corpus, spec_sets)
     if test_seeds:
         scores = test_losses(result["config"], test_seeds, workdir / f"test-{name}-{seed}")
         result["test"] = statistics.mean(s["test/loss"] for s in scores)
@@ -432,7 +460,12 @@ def main() -> None:
     )
     parser.add_argument("--corpus", default="stdlib")
     parser.add_argument(
-        "--n-startup", type=int, help="TPE random start-up trials (default: lr_sweep's)"
+        "--spec",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="lr_sweep's sampler/pruner settings for hpo's rows (a lever measured alone), e.g. "
+        "sampler.n_startup_trials=10 pruner.reduction_factor=4; the rows are named with them",
     )
     parser.add_argument(
         "--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES)
@@ -450,9 +483,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="best-so-far against compute, as a PNG")
     parser.add_argument(
         "--reference",
-        choices=list(STRATEGIES),
         default="tpe+sha",
-        help="the strategy the others are compared with, seed-paired (hpo's default)",
+        help="the row the others are compared with, seed-paired (hpo's default); with "
+        "--from-json any row of the files, e.g. tpe+sha[pruner.reduction_factor=4]",
     )
     parser.add_argument(
         "--test-seeds", type=int, default=0, help="score each chosen config on N fresh seeds"
@@ -479,19 +512,30 @@ def main() -> None:
             for name, runs in out["runs"].items():
                 results.setdefault(name, []).extend(runs)
         budget = saved[0]["budget_steps"]
+        if args.reference not in results:
+            parser.error(f"--reference {args.reference}: not a row of these files: {list(results)}")
         if args.plot:
             plot_curves(results, budget, args.plot)
-        summary = summarize(results, budget, len(results["random"]), args.reference)
+        summary = summarize(results, budget, len(results[args.reference]), args.reference)
         print(json.dumps(summary, indent=2))
         return
     # the reference rows (hpo's default, random) unless --alone: then merge with --from-json
     references = [] if args.alone else [args.reference, "random"]
+    if args.reference not in STRATEGIES:
+        parser.error(f"--reference {args.reference}: expected one of {list(STRATEGIES)}")
     names = list(dict.fromkeys([*references, *args.strategies]))
     budget = args.budget_trials * BENCH_SETS["train.max_steps"]
-    runs: dict[str, dict[int, dict]] = {name: {} for name in names}
+    spec_sets = dict(item.partition("=")[::2] for item in args.spec)
+    try:  # up front, not in each study
+        with_spec_sets(load_study_spec("lr_sweep"), spec_sets)
+    except ValueError as e:
+        parser.error(f"--spec: {e}")
+    # hpo's rows run with --spec, and say so in their names; the peers' rows have their own
+    labels = {n: row_name(n, spec_sets) if STRATEGIES[n][0] in HPO_SAMPLERS else n for n in names}
+    runs: dict[str, dict[int, dict]] = {labels[name]: {} for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         tasks = [
-            (name, seed, budget, Path(tmp), args.corpus, args.n_startup, args.test_seeds)
+            (name, seed, budget, Path(tmp), args.corpus, spec_sets, args.test_seeds)
             for seed in range(args.first_seed, args.first_seed + args.seeds)
             for name in names
         ]
@@ -503,10 +547,10 @@ def main() -> None:
             pool = ctx.Pool(args.jobs, initializer=_init_worker, initargs=(1,))
             done = pool.imap_unordered(_run, tasks)
         for name, seed, r in done:
-            runs[name][seed] = r
+            runs[labels[name]][seed] = r
             test = f", test {r['test']:.4f}" if "test" in r else ""
             print(
-                f"seed {seed} {name:>24}: best {r['best']:.4f}{test} "
+                f"seed {seed} {labels[name]:>24}: best {r['best']:.4f}{test} "
                 f"after {r['trials']} trials, {r['wall_s']:.0f}s",
                 file=sys.stderr,
             )
@@ -517,7 +561,8 @@ def main() -> None:
         return
     if args.plot:
         plot_curves(results, budget, args.plot)
-    print(json.dumps(summarize(results, budget, args.seeds, args.reference), indent=2))
+    summary = summarize(results, budget, args.seeds, labels[args.reference])
+    print(json.dumps(summary, indent=2))
 
 
 def _write_runs(path: Path, budget: int, runs: dict[str, dict[int, dict]]) -> None:
@@ -564,10 +609,16 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int, reference
     hpo = results[reference]
     rows = {}
     for name, runs in results.items():
-        fractions = [
-            steps_to_reach(run["curve"], baseline["best"]) / budget
-            for run, baseline in zip(runs, results["random"], strict=True)
-        ]
+        # against same-seed random search, when the files merged hold its runs
+        randoms = results.get("random")
+        fractions = (
+            [
+                steps_to_reach(run["curve"], baseline["best"]) / budget
+                for run, baseline in zip(runs, randoms, strict=True)
+            ]
+            if randoms
+            else []
+        )
         # the plain-Optuna objective keeps no training time: no overhead to report for it
         overhead = [
             (r["wall_s"] - r["train_s"] + startup) / (r["wall_s"] + startup)
@@ -579,7 +630,9 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int, reference
             "median_best": round(median_best, 4),
             "best_per_seed": [round(r["best"], 4) for r in runs],
             "median_trials": statistics.median(r["trials"] for r in runs),
-            "compute_to_match_random_final": round(statistics.median(fractions), 3),
+            "compute_to_match_random_final": (
+                round(statistics.median(fractions), 3) if fractions else None
+            ),
             "overhead_share": round(statistics.median(overhead), 4) if overhead else None,
         }
         tested = all("test" in r for r in runs)
