@@ -68,7 +68,7 @@ from hpo.record import TrialRecord
 from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
-from hpo.study_spec import StudySpec, load_study_spec
+from hpo.study_spec import StudySpec, baseline_params, load_study_spec
 from hpo.validate import SEED_BASE, Job, run_job, seeded
 from trainers import DivergedError, StopTraining, TrainConfig, TrainerError, train
 
@@ -219,6 +219,8 @@ def run_strategy(
         study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
         study.sampler = make_sampler(spec, name=sampler, seed=seed, worker=0, n_existing=0)
         study.pruner = make_pruner(spec, name=pruner, cfg=base)
+        if spec.sampler.baseline_first and space == "hpo":  # as hpo.session.open_study does
+            study.enqueue_trial(baseline_params(spec, sets))
     if space == "hand":
         objective = PlainObjective(base, by_step=pruner not in PLAIN_PRUNERS)
     else:

@@ -45,7 +45,7 @@ from hpo.storage import (
     storage_failure,
     storage_url,
 )
-from hpo.study_spec import NoiseSpec, StudySpec, load_study_spec
+from hpo.study_spec import NoiseSpec, StudySpec, baseline_params, load_study_spec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracking_from_study
 from hpo.work import supervise
 from trainers import parse_sets, preflight
@@ -183,6 +183,9 @@ def open_study(request: RunRequest, checked: Checked) -> tuple[optuna.Study, Wor
         ("hpo.manifest", study_manifest(spec=spec.to_json(), sets=sets, **search)),
     ]:
         study.set_user_attr(key, value)
+    if spec.sampler.baseline_first and not study.get_trials(deepcopy=False):
+        # a new study: its first trial, whichever backend or worker asks first, is the baseline
+        study.enqueue_trial(baseline_params(spec, sets))
     if not spec.noise.stop_below_noise and study.user_attrs.get(STOPPED):
         # stopped by the rule before, now run on without it (Optuna cannot delete an attribute)
         study.set_user_attr(STOPPED, None)

@@ -64,6 +64,8 @@ class SamplerSpec(_Strict):
     name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     n_startup_trials: int = Field(10, ge=0)  # random trials before the model-based sampler starts
     seed: int = 0
+    # the study's baseline as its first trial: a known-good start (benchmarked before a default)
+    baseline_first: bool = False
 
 
 class PrunerSpec(_Strict):
@@ -254,6 +256,22 @@ def _check(spec: StudySpec, path: Path, sets: dict[str, Any] | None) -> None:
     except (ValueError, UsageError) as e:
         raise HPOError(f"{path}: search_space: {e}") from None
     _refuse_fixing_tuned_keys(owners, sets or {}, "--set")
+    if spec.sampler.baseline_first:
+        baseline_params(spec, sets)
+
+
+def baseline_params(spec: StudySpec, sets: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters of the trial that trains the study's baseline (sampler.baseline_first)."""
+    where = f"{spec.path}: sampler.baseline_first"
+    if not spec.baseline:
+        raise HPOError(f"{where}: the study has no baseline; add one or turn this off")
+    try:
+        return search_spaces.params_for(spec.search_space, spec.baseline_config(sets).flat())
+    except ValueError as e:
+        raise HPOError(
+            f"{where}: the baseline is not a point of the search space ({e}); "
+            "widen that range or turn this off"
+        ) from None
 
 
 class DryRun(NamedTuple):

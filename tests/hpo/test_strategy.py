@@ -1,7 +1,12 @@
 """The sampler and pruner a study gets."""
 
-import optuna
+from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
+import search_spaces
+from hpo.session import RunRequest, load_request, open_study
 from hpo.strategy import make_sampler
 from hpo.study_spec import load_study_spec
 
@@ -48,3 +53,25 @@ def test_a_single_process_worker_still_steers_clear_of_other_workers_running_tri
     first = _ask_x(plain)
     plain.sampler = without_liar()
     assert _ask_x(plain) == first
+
+
+def test_baseline_first_makes_the_baseline_the_first_trial_once(tmp_path, monkeypatch):
+    """sampler.baseline_first: a new study's first trial, whichever backend asks (both ask the
+    study), trains exactly the study's baseline; reopening the study does not queue it again."""
+    monkeypatch.setenv("HPO_RUNS_DIR", str(tmp_path / "runs"))
+    study_file = tmp_path / "study.yaml"
+    smoke = Path(load_study_spec("smoke").path).read_text()
+    sampler = "sampler: {name: tpe, n_startup_trials: 3"
+    assert sampler in smoke
+    study_file.write_text(smoke.replace(sampler, sampler + ", baseline_first: true"))
+    request = RunRequest(study=str(study_file), storage=f"sqlite:///{tmp_path}/hpo.db")
+    checked = load_request(request)
+    study, _ = open_study(request, checked)
+    trial = study.ask()
+    overrides = search_spaces.suggest(trial, checked.spec.search_space)
+    baseline = checked.spec.baseline_config().flat()
+    assert overrides == {key: baseline[key] for key in overrides}
+    assert overrides["optim.lr"] == 1e-3  # smoke's baseline, not a sampled value
+    study.tell(trial, 1.0)
+    study, _ = open_study(request, checked)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]

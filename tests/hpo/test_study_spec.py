@@ -65,6 +65,15 @@ trainer: {train.max_steps: 20}
             VALID + "baseline: {optim.lr: fast}\n",
             "optim.lr expects a value of type float, but got 'fast'",
         ),
+        (
+            VALID + "sampler: {baseline_first: true}\n",
+            "sampler.baseline_first: the study has no baseline; add one or turn this off",
+        ),
+        (
+            VALID + "sampler: {baseline_first: true}\nbaseline: {optim.lr: 0.5}\n",
+            "sampler.baseline_first: the baseline is not a point of the search space "
+            "(optim.lr=0.5 lies outside its range [0.0001, 0.01]); widen that range",
+        ),
         ("description: x\n  search_space: [\n", "malformed YAML at line 2"),
         ("- a\n- b\n", "a study must be a YAML mapping"),
         (

@@ -3,6 +3,7 @@ condition holds, batch sizes are powers of two, and a seed fixes the whole seque
 
 import inspect
 import math
+import re
 
 import optuna
 import pytest
@@ -12,6 +13,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 import search_spaces
 from search_spaces import architecture, batch_size, optimizer, regularization, schedule
+from trainers import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -170,3 +172,44 @@ def test_every_numeric_parameter_declares_its_bound(space):
                 assert bound.space == space and bound.name in keywords and bound.param == name
                 seen.add(name)
     assert seen == {b.param for b in search_spaces.BOUNDS.values() if b.space == space}
+
+
+EVERY_SPACE = {
+    "optimizer": {"names": ["adamw", "adam", "sgd"]},
+    "schedule": {},
+    "batch_size": {},
+    "regularization": {},
+    "architecture": {},
+}
+
+
+def test_a_sampled_config_gives_back_its_parameters():
+    """params_for inverts suggest: the config of any sampled trial, as a config's flat values,
+    gives back that trial's parameters (so a known config, a study's baseline, can be enqueued
+    as a trial that trains exactly it)."""
+    base = TrainConfig()
+    for params, overrides in sample(lambda t: search_spaces.suggest(t, EVERY_SPACE), n=60):
+        values = base.with_overrides(overrides).flat()
+        found = search_spaces.params_for(EVERY_SPACE, values)
+        assert found.keys() == params.keys()
+        for name, value in params.items():  # floats up to the rounding of 1 - (1 - beta)
+            expected = pytest.approx(value, rel=1e-9) if isinstance(value, float) else value
+            assert found[name] == expected, name
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"optim.lr": 0.5}, "optim.lr=0.5 lies outside its range [0.0001, 0.01]"),
+        ({"optim.name": "sgd"}, "optim.name='sgd' is not one of its choices ['adamw', 'adam']"),
+        ({"train.batch_size": 12}, "train.batch_size=12 is not a power of two"),
+        (
+            {"train.batch_size": 16, "model.n_embd": 96, "model.n_head": 4},
+            "model.n_embd / model.n_head=24 is not a power of two",
+        ),
+    ],
+)
+def test_a_config_the_space_cannot_express_is_refused(sets, message):
+    spaces = {"optimizer": {"names": ["adamw", "adam"]}, "batch_size": {}, "architecture": {}}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        search_spaces.params_for(spaces, TrainConfig().with_overrides(sets).flat())
