@@ -528,6 +528,8 @@ def main() -> None:
     names = list(dict.fromkeys([*references, *args.strategies]))
     budget = args.budget_trials * BENCH_SETS["train.max_steps"]
     spec_sets = dict(item.partition("=")[::2] for item in args.spec)
+    # Ray runs each trial in a folder of its own: a corpus path must not depend on where
+    corpus = str(Path(args.corpus).resolve()) if Path(args.corpus).exists() else args.corpus
     try:  # up front, not in each study
         with_spec_sets(load_study_spec("lr_sweep"), spec_sets)
     except ValueError as e:
@@ -537,7 +539,7 @@ def main() -> None:
     runs: dict[str, dict[int, dict]] = {labels[name]: {} for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         tasks = [
-            (name, seed, budget, Path(tmp), args.corpus, spec_sets, args.test_seeds)
+            (name, seed, budget, Path(tmp), corpus, spec_sets, args.test_seeds)
             for seed in range(args.first_seed, args.first_seed + args.seeds)
             for name in names
         ]
