@@ -30,7 +30,6 @@ SPACES: dict[str, Callable[..., dict[str, Any]]] = {
     "regularization": regularization.suggest,
     "architecture": architecture.suggest,
 }
-# Optuna parameter name -> its declared range; names are unique across spaces
 # A parameter that is not the config key it sets: its value from the config's values. The others
 # are the value of their own key. (For params_for: a known config as a trial's parameters.)
 INVERSES: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -45,6 +44,7 @@ INVERSES: dict[str, Callable[[dict[str, Any]], Any]] = {
         "model.n_embd / model.n_head", v["model.n_embd"] / v["model.n_head"]
     ),
 }
+# Optuna parameter name -> its declared range; names are unique across spaces
 BOUNDS: dict[str, Bound] = {
     b.param: b
     for module in (optimizer, batch_size, schedule, regularization, architecture)
