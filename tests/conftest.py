@@ -6,16 +6,57 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from packaging.version import Version
 
 from trainers import TrainConfig
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Tests run in two processes (pytest-xdist, pyproject.toml), except that the tests sharing one
+# server run one at a time, in one process: some stop and restart PostgreSQL under the others,
+# and two local Ray clusters on two cores would each starve the other's start-up. Named by the
+# fixture that gives a test its server.
+SERVER_OF_FIXTURE = {"pg_url": "postgresql", "local_env": "postgresql", "ray_env": "ray"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        servers = {SERVER_OF_FIXTURE[f] for f in item.fixturenames if f in SERVER_OF_FIXTURE}
+        assert len(servers) <= 1, f"{item.nodeid} needs two servers: give it a group of its own"
+        if servers:
+            item.add_marker(pytest.mark.xdist_group(servers.pop()))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist 3.8 puts a test in its group by renaming it, which pytest 9.2 ignores: the
+    # groups would be dropped without a word (pytest-xdist#1386)
+    grouped = (
+        config.getoption("numprocesses", None) and config.getoption("dist", None) == "loadgroup"
+    )
+    if grouped and Version(pytest.__version__) >= Version("9.2"):
+        raise pytest.UsageError(
+            "pytest-xdist ignores test groups on pytest 9.2 (pytest-xdist#1386): "
+            "pip install 'pytest<9.2', or run the tests with -n 0"
+        )
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_commands() -> None:
+    """A command a test starts inherits this process's signal dispositions. In a test process
+    that has run many tests, SIGINT and SIGQUIT were found ignored at the C level (as C's
+    system() leaves them while it runs; Python's own table still said default): a Ctrl-C test's
+    command then never saw its SIGINT. Which code did it is not found yet; each test starts with
+    both as a terminal gives them."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

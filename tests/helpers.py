@@ -111,11 +111,14 @@ def trials_so_far(folder: Path, name: str = "smoke") -> list[optuna.trial.Frozen
     """As trials_at, for a study a running command may not have created yet: [] until then."""
     if not (folder / "hpo.db").exists():
         return []
+    # read-only: opening it read-write would create Optuna's tables beside the command, a race
+    # that fails one of the two, and a writer polling the file competes for its lock
+    read_only = f"sqlite:///file:{folder}/hpo.db?mode=ro&uri=true"
     try:
-        return trials_at(folder, name)
+        return load_trials(read_only, name)
     except KeyError:  # the database is there, the study not yet
         return []
-    except sqlalchemy.exc.OperationalError:  # its tables are being created as we open it
+    except sqlalchemy.exc.OperationalError:  # its tables are not all there yet
         return []
 
 

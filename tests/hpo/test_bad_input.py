@@ -82,6 +82,9 @@ def test_run_refuses_before_creating_the_study(world, args, message):
         ("too short for a context of 32 tokens\n", "fewer than the context of 32 + 1"),
         (bytes(range(256)) * 400, "is not text"),
     ],
+    # short names: pytest puts a test's id in the environment of every command it starts, and
+    # 100 kB of bytes there is more than exec accepts
+    ids=["empty", "short", "binary"],
 )
 def test_run_refuses_a_corpus_it_cannot_train_on(world, content, message):
     corpus = write(world[0], "corpus.txt", content)
