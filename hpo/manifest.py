@@ -46,6 +46,9 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        # the CPU kernels torch picked (AVX2, AVX512, ...): a study's values differ between two
+        # of them in the last bits, and a pruning or sampling decision can flip on those
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

@@ -50,6 +50,7 @@ ENVIRONMENT = [  # (label, path in the manifest): what is listed when it differs
     ("torch", ("torch",)),
     ("cuda", ("cuda",)),
     ("device", ("device_name",)),
+    ("CPU kernels", ("cpu_capability",)),
     ("threads", ("threads",)),
 ]
 
@@ -135,11 +136,14 @@ def replay_trial(
             f"trial {number} ran on {stored_device}, and this machine has no CUDA GPU; add "
             "--device cpu to replay it on the CPU (compared within --tolerance)"
         )
-    # CPU kernels are deterministic for a given thread count; GPU ones only in deterministic
-    # mode, on the same GPU model. The replay runs in the mode the trial ran in.
+    # CPU kernels are deterministic for a given thread count and instruction set (an older
+    # manifest does not name it); GPU ones only in deterministic mode, on the same GPU model.
+    # The replay runs in the mode the trial ran in.
     same_gpu = manifest.get("device_name") == device_name(torch.device(device))
+    stored_cpu = manifest.get("cpu_capability")
+    same_cpu = stored_cpu in (None, torch.backends.cpu.get_cpu_capability())
     exact = device == stored_device and (
-        device == "cpu" or (bool(manifest.get("deterministic")) and same_gpu)
+        (device == "cpu" and same_cpu) or (bool(manifest.get("deterministic")) and same_gpu)
     )
     tolerance = tolerance if tolerance is not None else (0.0 if exact else GPU_TOLERANCE)
     try:

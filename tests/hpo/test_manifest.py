@@ -45,6 +45,7 @@ def test_trial_manifest_says_what_produced_the_number(tiny_cfg, tmp_path):
     result = train(tiny_cfg.with_overrides({"train.max_steps": 20}))
     m = result_manifest(tiny_cfg, result)
     assert m["torch"] == torch.__version__ and m["cuda"] == torch.version.cuda
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert m["packages"]["optuna"] and "wandb" in m["packages"]
     assert m["seeds"] == {
         "init": 1337,

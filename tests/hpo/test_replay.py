@@ -5,11 +5,12 @@ import json
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from hpo.errors import HPOError
-from hpo.record import TrialRecord
-from hpo.replay import environment_differences, replay_trial
+from hpo.record import ATTR, TrialRecord
+from hpo.replay import GPU_TOLERANCE, environment_differences, replay_trial
 from tests.helpers import SMOKE_FAST, run_hpo, sets
 
 pytestmark = pytest.mark.slow  # real studies trained and replayed
@@ -50,6 +51,34 @@ def test_replay_of_a_pruned_trial_stops_where_it_was_pruned(smoke):
         ]
         assert "trial value" not in rows  # a pruned trial has none
     assert "(pruned, stopped at step" in rep.header and "of 60)" in rep.header
+
+
+def test_a_trial_run_on_other_cpu_kernels_is_compared_within_a_tolerance(smoke):
+    """AVX2 and AVX-512 kernels differ in the last bits: no exact comparison across them."""
+    _, study = smoke
+    best = study.best_trial
+    record = TrialRecord.of(best)
+    here = torch.backends.cpu.get_cpu_capability()
+    other = "AVX2" if here != "AVX2" else "AVX512"
+    moved = optuna.create_study(study_name="smoke", direction="minimize")
+    moved.add_trial(
+        optuna.trial.create_trial(
+            params=best.params,
+            distributions=best.distributions,
+            value=best.value,
+            intermediate_values=best.intermediate_values,
+            user_attrs={
+                **best.user_attrs,
+                ATTR: {
+                    **best.user_attrs[ATTR],
+                    "manifest": {**record.manifest, "cpu_capability": other},
+                },
+            },
+        )
+    )
+    rep = replay_trial(moved, 0)
+    assert rep.tolerance == GPU_TOLERANCE and rep.matches, "\n".join(rep.lines())
+    assert rep.environment == [f"CPU kernels differs: {other} (trial) vs {here} (now)"]
 
 
 def test_unknown_trial_is_one_line_and_exit_2(smoke):
