@@ -24,6 +24,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -50,10 +51,20 @@ _reached: set[str] = set()  # PostgreSQL servers this process has connected to o
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     """A generous lock timeout for parallel workers; synchronous=NORMAL, which in WAL mode
-    stays safe from corruption and cuts each commit's cost several-fold (BENCHMARKS.md)."""
-    db = sqlite3.connect(path, timeout=120, check_same_thread=False)
+    stays safe from corruption and cuts each commit's cost several-fold (BENCHMARKS.md). The
+    driver begins no transaction of its own: _begin_immediate does."""
+    db = sqlite3.connect(path, timeout=120, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+    """Each SQLite transaction takes the write lock as it begins, not at its first write.
+    Optuna reads a trial's state and then changes it (a queued trial taken by a worker): on
+    PostgreSQL that read locks the row (SELECT ... FOR UPDATE); SQLite has no row locks, and
+    Python's driver begins a transaction only at the first write, so two workers could both
+    find a queued trial waiting and both run it."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _postgres_connect(conninfo: str):
@@ -95,6 +106,18 @@ class Storage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose heartbeat survives a database hiccup: a beat that cannot be
     written is skipped (the grace period is several beats long), instead of killing Optuna's
     heartbeat thread, after which a trial still training would look dead to other workers."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._lock_sqlite_transactions()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # unpickled (Ray's searcher): a new engine
+        self._lock_sqlite_transactions()
+
+    def _lock_sqlite_transactions(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(self.engine, "begin", _begin_immediate)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
