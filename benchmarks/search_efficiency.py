@@ -58,11 +58,13 @@ from pathlib import Path
 
 import optuna
 import pydantic
+import torch
 import yaml
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from ray.tune.stopper import Stopper
 
+from hpo.manifest import environment
 from hpo.objective import Objective
 from hpo.record import TrialRecord
 from hpo.stats import compare_paired
@@ -71,6 +73,7 @@ from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import StudySpec, baseline_params, load_study_spec
 from hpo.validate import SEED_BASE, Job, run_job, seeded
 from trainers import DivergedError, StopTraining, TrainConfig, TrainerError, train
+from trainers.device import device_name
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -508,6 +511,13 @@ def main() -> None:
         return
     if args.from_json:
         saved = [json.loads(path.read_text()) for path in args.from_json]
+        machines = {json.dumps(out["machine"], sort_keys=True) for out in saved if "machine" in out}
+        if len(machines) > 1:
+            # the same study seed goes another way on other CPU kernels: not seed-paired
+            parser.error(f"--from-json: these files ran on different machines: {machines}")
+        for path, out in zip(args.from_json, saved, strict=True):
+            if "machine" not in out:
+                print(f"note: {path} does not say which machine it ran on", file=sys.stderr)
         # a strategy in several files (seed ranges run apart): its runs in the files' order
         results: dict[str, list[dict]] = {}
         for out in saved:
@@ -574,7 +584,20 @@ def _write_runs(path: Path, budget: int, runs: dict[str, dict[int, dict]]) -> No
     the remaining seeds (--first-seed); "seeds" says which."""
     complete = sorted(set.intersection(*(set(by_seed) for by_seed in runs.values())))
     results = {name: [by_seed[s] for s in complete] for name, by_seed in runs.items()}
-    path.write_text(json.dumps({"budget_steps": budget, "seeds": complete, "runs": results}))
+    out = {"budget_steps": budget, "seeds": complete, "machine": machine(), "runs": results}
+    path.write_text(json.dumps(out))
+
+
+def machine() -> dict:
+    """Where the studies ran. A study's values depend on the CPU's kernels (AVX2 and AVX-512 differ
+    in the last bits, and a pruning decision can flip on those): --from-json pairs seeds only
+    between files from one machine."""
+    env = environment()  # what a trial's manifest records of the same
+    return {
+        "cpu": device_name(torch.device("cpu")),
+        "cpu_capability": env["cpu_capability"],
+        "torch": env["torch"],
+    }
 
 
 def plot_curves(results: dict[str, list[dict]], budget: int, path: Path) -> None:
