@@ -42,8 +42,6 @@ def make_sampler(
     if name == "random":
         return TrialSeeded(optuna.samplers.RandomSampler, seed=seed)
     seed = int(np.random.SeedSequence([seed, worker, n_existing]).generate_state(1)[0])
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     if name == "cmaes":

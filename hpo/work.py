@@ -37,7 +37,7 @@ from hpo.storage import (
 from hpo.strategy import make_pruner, make_sampler
 from hpo.tracking import make_tracker
 from trainers import TrainerError
-from trainers.cli import run_cli
+from trainers.cli import INTERRUPTED, run_cli
 
 POLL_INTERVAL_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails stops instead of looping forever
@@ -219,8 +219,16 @@ def _run_processes(plan: WorkerPlan, study: optuna.Study, progress: Progress) ->
                 os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=120)
+        for i, p in enumerate(procs):
+            if p.exitcode not in (0, INTERRUPTED):
+                how = "is still running" if p.exitcode is None else exit_description(p.exitcode)
+                print(
+                    f"worker {i} {how} after Ctrl-C instead of stopping cleanly; its running "
+                    f"trial is retried after {GRACE_PERIOD_S}s of silence when the study resumes",
+                    file=sys.stderr,
+                )
         raise
-    failed = {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, 130)}
+    failed = {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, INTERRUPTED)}
     if failed:
         how = ", ".join(f"worker {i} {exit_description(code)}" for i, code in failed.items())
         raise StudyFailedError(

@@ -118,7 +118,8 @@ def trials_so_far(folder: Path, name: str = "smoke") -> list[optuna.trial.Frozen
         return load_trials(read_only, name)
     except KeyError:  # the database is there, the study not yet
         return []
-    except sqlalchemy.exc.OperationalError:  # its tables are not all there yet
+    # its tables are not all there yet (Optuna, finding no version row, tries to write one)
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return []
 
 

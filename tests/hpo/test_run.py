@@ -226,7 +226,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers, 
     assert proc.returncode == 130, err[-2000:]
     assert "rerun the same command to continue" in err
     ts = trials_at(tmp_path)
-    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert not [t.number for t in ts if t.state == TrialState.RUNNING], err[-3000:]
     interrupted = [t for t in ts if t.state == TrialState.FAIL]
     reasons = [TrialRecord.of(t).stop_reason for t in interrupted]
     assert reasons == ["interrupted"] * workers, err[-3000:]
