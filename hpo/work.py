@@ -219,16 +219,15 @@ def _run_processes(plan: WorkerPlan, study: optuna.Study, progress: Progress) ->
                 os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=120)
-        for i, p in enumerate(procs):
-            if p.exitcode not in (0, INTERRUPTED):
-                how = "is still running" if p.exitcode is None else exit_description(p.exitcode)
-                print(
-                    f"worker {i} {how} after Ctrl-C instead of stopping cleanly; its running "
-                    f"trial is retried after {GRACE_PERIOD_S}s of silence when the study resumes",
-                    file=sys.stderr,
-                )
+        for i, code in _unclean_exits(procs).items():
+            print(
+                f"worker {i} {exit_description(code)} after Ctrl-C instead of stopping cleanly; "
+                f"its running trial is retried after {GRACE_PERIOD_S}s of silence when the "
+                "study resumes",
+                file=sys.stderr,
+            )
         raise
-    failed = {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, INTERRUPTED)}
+    failed = _unclean_exits(procs)
     if failed:
         how = ", ".join(f"worker {i} {exit_description(code)}" for i, code in failed.items())
         raise StudyFailedError(
@@ -237,8 +236,16 @@ def _run_processes(plan: WorkerPlan, study: optuna.Study, progress: Progress) ->
         )
 
 
+def _unclean_exits(procs: list) -> dict[int, int | None]:
+    """Each worker that neither finished nor stopped on Ctrl-C: its exit code (None: alive)."""
+    return {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, INTERRUPTED)}
+
+
 def exit_description(code: int | None) -> str:
-    """'was killed by SIGKILL' for a signal, 'exited with code 1' (its error line is above)."""
-    if code is not None and code < 0:
+    """'was killed by SIGKILL' for a signal, 'exited with code 1' (its error line is above),
+    'is still running' for a worker that has not exited."""
+    if code is None:
+        return "is still running"
+    if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code} (its error is above)"
