@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from hpo.budget import equal_compute, resource, tokens_per_step
 from hpo.devices import gpu_share
 from hpo.manifest import result_manifest, write_manifest
 from hpo.record import TrialRecord
-from hpo.storage import STORAGE_ERRORS, first_line, storage_failure
+from hpo.storage import STORAGE_ERRORS, exception_chain, first_line, storage_failure
 from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker
 from trainers import (
@@ -81,13 +82,17 @@ class Objective:
         with self.tracker.trial(trial):  # its run ends as the trial does: complete/pruned/failed
             try:
                 return self._trial(trial)
-            except KeyboardInterrupt:  # while sampling, loading or training
-                _record_interrupt(trial)
+            except KeyboardInterrupt as e:  # while sampling, loading or training
+                _record_interrupt(trial, e)
                 raise
             except UsageError as e:  # a sampled config this trainer or corpus cannot run
                 fail(trial, records.INVALID_CONFIG, str(e))
                 raise
             except Exception as e:
+                if _interrupt_behind(e):
+                    # Ctrl-C inside SQLAlchemy's own cleanup surfaces as another error
+                    _record_interrupt(trial, e)
+                    raise KeyboardInterrupt from None
                 lost = storage_failure(e)
                 if lost is not None:
                     # if the storage is still away this write fails too: the trial then stays
@@ -290,15 +295,28 @@ def fail(
     records.write(trial, dataclasses.replace(record, **fields))
 
 
-def _record_interrupt(trial: optuna.Trial) -> None:
-    """Ctrl-C can land inside one of the trial's storage calls (a report, a pruning check) and
-    leave that connection unusable; the reason is then written over a fresh session."""
-    message = "interrupted (Ctrl-C or SIGTERM)"
-    try:
-        fail(trial, records.INTERRUPTED, message)
-    except STORAGE_ERRORS:
+def _record_interrupt(trial: optuna.Trial, interrupt: BaseException) -> None:
+    """Ctrl-C can land inside one of the trial's storage calls (a report, a pruning check).
+    The interrupted statement then lives on in the interrupt's traceback, and SQLite keeps its
+    connection, transaction and write lock with it: this write, and Optuna's own failing of the
+    trial after it, would wait for the lock timeout and fail. So the tracebacks go first, and
+    the reason is written over a fresh session."""
+    for e in exception_chain(interrupt):
+        e.__traceback__ = None
+    gc.collect()  # frames in reference cycles hold the statement too
+    # an interrupt inside SQLAlchemy's bookkeeping can spoil the next session too
+    for attempt in range(3):
         trial.study._storage.remove_session()
-        fail(trial, records.INTERRUPTED, message)
+        try:
+            fail(trial, records.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
+            return
+        except STORAGE_ERRORS:
+            if attempt == 2:
+                raise
+
+
+def _interrupt_behind(e: BaseException) -> bool:
+    return any(isinstance(c, KeyboardInterrupt) for c in exception_chain(e))
 
 
 def _in_play_before(trial: optuna.Trial) -> int:

@@ -49,11 +49,32 @@ STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlch
 _reached: set[str] = set()  # PostgreSQL servers this process has connected to once
 
 
+class _RollbackOnClose(sqlite3.Connection):
+    """A connection that ends its transaction when closed. Ctrl-C inside a statement makes
+    SQLAlchemy close the connection, but the interrupted statement is still referenced (by the
+    KeyboardInterrupt's traceback), and SQLite keeps a connection with a live statement open,
+    its transaction and write lock included, until that statement is freed: until then every
+    transaction of every process, this one's included, waits for the lock timeout."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            # the interrupted statement may refuse it; close() then does what it can
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
+
+
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     """A generous lock timeout for parallel workers; synchronous=NORMAL, which in WAL mode
     stays safe from corruption and cuts each commit's cost several-fold (BENCHMARKS.md). The
     driver begins no transaction of its own: _begin_immediate does."""
-    db = sqlite3.connect(path, timeout=120, check_same_thread=False, isolation_level=None)
+    db = sqlite3.connect(
+        path,
+        timeout=120,
+        check_same_thread=False,
+        isolation_level=None,
+        factory=_RollbackOnClose,
+    )
     db.execute("PRAGMA synchronous=NORMAL")
     return db
 
@@ -65,6 +86,15 @@ def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
     Python's driver begins a transaction only at the first write, so two workers could both
     find a queued trial waiting and both run it."""
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _end_transaction(db: sqlite3.Connection, _record: Any) -> None:
+    """Roll back what a connection returned to the pool still has open. Ctrl-C at the wrong
+    moment (between a BEGIN and SQLAlchemy noting it, or inside a commit) returns it
+    mid-transaction, and the write lock it keeps would make the next transaction, on another
+    connection of the same pool, wait for the lock timeout."""
+    if db is not None and db.in_transaction:
+        db.rollback()
 
 
 def _postgres_connect(conninfo: str):
@@ -118,6 +148,7 @@ class Storage(optuna.storages.RDBStorage):
     def _lock_sqlite_transactions(self) -> None:
         if self.engine.dialect.name == "sqlite":
             sqlalchemy.event.listen(self.engine, "begin", _begin_immediate)
+            sqlalchemy.event.listen(self.engine, "checkin", _end_transaction)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -150,13 +181,16 @@ class Storage(optuna.storages.RDBStorage):
 def storage_failure(e: BaseException | None) -> BaseException | None:
     """The storage error behind `e`, if there is one. Optuna 5.0 can raise another error on
     top of it: when a trial's final tell fails, its _run_trial ends in an UnboundLocalError."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, STORAGE_ERRORS):
-            return e
-        seen.add(id(e))
+    return next((c for c in exception_chain(e) if isinstance(c, STORAGE_ERRORS)), None)
+
+
+def exception_chain(e: BaseException | None) -> list[BaseException]:
+    """`e` and the errors it was raised from or while handling, newest first."""
+    chain: list[BaseException] = []
+    while e is not None and all(e is not seen for seen in chain):
+        chain.append(e)
         e = e.__cause__ or e.__context__
-    return None
+    return chain
 
 
 def first_line(e: BaseException) -> str:

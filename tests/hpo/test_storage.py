@@ -1,9 +1,16 @@
-"""hpo.storage on SQLite: two workers asking at the same moment never take the same queued trial."""
+"""hpo.storage on SQLite: two workers asking at the same moment never take the same queued trial;
+Ctrl-C inside a storage call never leaves the write lock held."""
 
 import multiprocessing
+import random
+import signal
+import sqlite3
 
 import optuna
+import pytest
 
+from hpo import record as records
+from hpo.objective import _record_interrupt
 from hpo.storage import open_storage
 
 ROUNDS = 25
@@ -34,3 +41,61 @@ def test_two_workers_never_take_the_same_queued_trial(tmp_path):
         w.join(timeout=60)
         assert w.exitcode == 0
     assert sorted(numbers) == list(range(2 * ROUNDS))  # each queued trial taken once
+
+
+INTERRUPTS = 300
+
+
+def _interrupt_storage_calls(path: str, seed: int, outcome) -> None:
+    """Ctrl-C (SIGALRM raising KeyboardInterrupt) at random moments of a trial's reports and
+    reads, each handled as a worker handles it; stops at the first write lock left behind."""
+    study = optuna.create_study(study_name="ctrl-c", storage=open_storage(f"sqlite:///{path}"))
+    signal.signal(signal.SIGALRM, signal.default_int_handler)
+    rng = random.Random(seed)
+    for i in range(INTERRUPTS):
+        trial = study.ask()
+        # repeats, in case the first lands where Python only prints it (a weakref callback)
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0002, 0.01), 0.05)
+        try:
+            for step in range(10**6):
+                trial.report(1.0, step)
+                study._storage.get_trial(trial._trial_id)
+        # an interrupt inside SQLAlchemy's own cleanup can surface as another exception
+        except BaseException as e:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _record_interrupt(trial, e)
+            # as Optuna does, while the interrupt is being handled
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            outcome.put(f"interrupt {i} left the write lock held ({e})")
+            return
+        finally:
+            other.close()
+    outcome.put("ok")
+
+
+@pytest.mark.slow  # 300 interrupts, each followed by a garbage collection: about 40 s
+def test_ctrl_c_inside_a_storage_call_never_leaves_the_write_lock_held(tmp_path):
+    # A KeyboardInterrupt inside a statement made SQLAlchemy close a connection SQLite kept open
+    # (the traceback still held the statement), or return one to the pool mid-transaction; its
+    # write lock then made every process, this one included, wait the 120-s lock timeout:
+    # 1-2 times in 300 interrupts before. In a process of its own, since pytest-timeout has
+    # SIGALRM.
+    path = str(tmp_path / "hpo.db")
+    ctx = multiprocessing.get_context("spawn")
+    outcome = ctx.Queue()
+    worker = ctx.Process(target=_interrupt_storage_calls, args=(path, 0, outcome))
+    worker.start()
+    result = outcome.get(timeout=120)
+    worker.join(timeout=30)
+    assert result == "ok"
+    assert worker.exitcode == 0
+    trials = optuna.load_study(study_name="ctrl-c", storage=open_storage(f"sqlite:///{path}"))
+    trials = trials.get_trials()
+    assert len(trials) == INTERRUPTS
+    assert {t.state for t in trials} == {optuna.trial.TrialState.FAIL}
+    assert {records.TrialRecord.of(t).stop_reason for t in trials} == {records.INTERRUPTED}
