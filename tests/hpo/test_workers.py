@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.record import TrialRecord
+from hpo.record import SURPLUS, TrialRecord
 from hpo.storage import open_storage
 from hpo.work import exit_description
 from tests.helpers import (
@@ -118,10 +118,14 @@ def test_a_worker_killed_mid_trial_loses_nothing(fault_setup, env, tmp_path):
     assert TrialRecord.of(retry).resumed_from_step >= max(doomed.intermediate_values)
     assert set(dead.intermediate_values) <= set(retry.intermediate_values)
     assert max(retry.intermediate_values) == 150
-    # no completed trial lost or changed; the only failed trial is the one that was killed
+    # no completed trial lost or changed; the only failed trial is the one that was killed, but
+    # for surplus ones: two workers can both see the retry queued, and the one that does not
+    # get it asks a new trial beyond the target (a CI run under load failed trials 2 and 8)
     after = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
     assert done_before.items() <= after.items()
-    assert [t.number for t in trials if t.state == TrialState.FAIL] == [doomed.number]
+    failed = {t.number: TrialRecord.of(t) for t in trials if t.state == TrialState.FAIL}
+    del failed[doomed.number]
+    assert {r.stop_reason for r in failed.values()} <= {SURPLUS}, failed
     # the dead trial's checkpoint moved to its retry; nothing of it is left behind
     assert not (tmp_path / "runs" / "smoke" / "checkpoints" / f"trial_{doomed.number}").exists()
 
