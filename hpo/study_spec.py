@@ -64,14 +64,16 @@ class SamplerSpec(_Strict):
     name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     n_startup_trials: int = Field(10, ge=0)  # random trials before the model-based sampler starts
     seed: int = 0
-    # the study's baseline as its first trial: a known-good start (benchmarked before a default)
+    # the study's baseline as its first trial: the search starts from a known point
     baseline_first: bool = False
 
 
 class PrunerSpec(_Strict):
     name: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
     reduction_factor: int = Field(3, ge=2)
-    min_resource: int | None = Field(None, ge=1)  # steps; None = one train.eval_interval
+    # the first rung: after this many evaluations, or at min_resource steps where that is set
+    min_evaluations: int = Field(1, ge=1)
+    min_resource: int | None = Field(None, ge=1)  # steps
     n_startup_trials: int = Field(5, ge=0)  # median only
 
 
@@ -146,8 +148,9 @@ class StudySpec(_Strict):
     path: str = ""
 
     def min_resource(self, cfg: TrainConfig) -> int:
-        """The first rung of a pruner or scheduler, in steps: one evaluation unless set."""
-        return self.pruner.min_resource or cfg.train.eval_interval
+        """The first rung of a pruner or scheduler, in steps: `pruner.min_evaluations`
+        evaluations (one unless set) unless `pruner.min_resource` says otherwise."""
+        return self.pruner.min_resource or self.pruner.min_evaluations * cfg.train.eval_interval
 
     def train_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
         """Defaults <- study.trainer <- --set (the fixed part of every trial's config)."""

@@ -118,3 +118,18 @@ def test_checking_a_study_leaves_optunas_verbosity_as_it_was():
         assert optuna.logging.get_verbosity() == optuna.logging.ERROR
     finally:
         optuna.logging.set_verbosity(before)
+
+
+@pytest.mark.parametrize(
+    ("pruner", "first_rung"),
+    [
+        ("{name: sha}", 10),  # one evaluation
+        ("{name: sha, min_evaluations: 2}", 20),  # travels with the evaluation interval
+        ("{name: sha, min_evaluations: 2, min_resource: 7}", 7),  # steps, when given
+    ],
+)
+def test_the_first_rung_counts_evaluations_unless_given_in_steps(tmp_path, pruner, first_rung):
+    path = tmp_path / "s.yaml"
+    path.write_text(VALID + f"pruner: {pruner}\n")
+    spec = load_study_spec(str(path))
+    assert spec.min_resource(spec.train_config({"train.eval_interval": 10})) == first_rung
