@@ -208,6 +208,17 @@ cluster.shutdown()
 """
 
 
+def client_server_logs(ray_tmp: str) -> str:
+    """The head's Ray Client logs: the per-client servers' own (ray_client_server_PORT.err, where
+    a server that did not start says why) in full, then the end of the proxy's."""
+    logs = sorted(Path(ray_tmp).glob("**/logs/ray_client_server*.*"))
+    own = [p for p in logs if p.stem != "ray_client_server"]
+    proxy = [p for p in logs if p.stem == "ray_client_server"]
+    return "".join(f"\n--- {p.name}\n{p.read_text()[-4000:]}" for p in own) + "".join(
+        f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in proxy
+    )
+
+
 def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env):
     """--address ray://HOST:PORT: Ray Client, the driver runs on the cluster."""
     port = free_port()
@@ -237,8 +248,7 @@ def test_a_ray_client_address_runs_the_study_on_that_cluster(tmp_path, env):
         code, _, err = finish(
             start("hpo.run", *args, "--trials", "3", *address, *TINY, env=cluster_env)
         )
-        logs = sorted(Path(env["RAY_TMPDIR"]).glob("**/logs/ray_client_server*.*"))
-        assert code == 0, err[-3000:] + "".join(p.read_text()[-2000:] for p in logs)
+        assert code == 0, err[-2000:] + client_server_logs(env["RAY_TMPDIR"])
     finally:
         head.stdin.close()
         try:
