@@ -165,12 +165,20 @@ def validate(
     try:
         for n in rounds:
             upto = [j for j in jobs if j.seed < SEED_BASE + n]
-            todo = [j for j in upto if j.key not in results]
+            # one seeded config under two labels (the best trial is the study's baseline, as
+            # trial 0 of sampler.baseline_first can be) is trained once and stored under both
+            twins: dict[str, list[Job]] = {}
+            for j in upto:
+                if j.key not in results:
+                    twins.setdefault(json.dumps(j.config, sort_keys=True), []).append(j)
+            first = {same[0].key: same for same in twins.values()}
+            todo = [same[0] for same in twins.values()]
             done = pool.imap_unordered(run_job, todo) if pool else map(run_job, todo)
             for key, result in done:
-                study.set_user_attr(key, result)  # stored at once: a rerun skips it
-                results[key] = result
-                bar.update()
+                for j in first[key]:
+                    study.set_user_attr(j.key, result)  # stored at once: a rerun skips it
+                    results[j.key] = result
+                    bar.update()
             per_config = {
                 label: [results[j.key] for j in upto if j.label == label] for label in configs
             }

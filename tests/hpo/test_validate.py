@@ -53,11 +53,14 @@ def test_identical_configs_are_not_distinguishable(study):
     configs = configs_to_validate(study, trial=None, top_k=1)
     label = next(k for k in configs if k != "baseline")
     same = configs["baseline"].with_overrides({"train.max_steps": 20})
-    rep = report(
-        study, validate(study, {label: same, "baseline": same}, seeds=3, workers=1, progress=False)
+    per_config = validate(
+        study, {label: same, "baseline": same}, seeds=3, workers=2, progress=False
     )
+    rep = report(study, per_config)
     c = rep["comparisons"][label]
     assert c["ci_low"] <= 0 <= c["ci_high"] and c["mean_diff"] == 0
+    # each seed trained once for both labels (its wall time would differ if trained twice)
+    assert per_config[label] == per_config["baseline"]
 
 
 @pytest.mark.slow  # a study tuned and its seeds trained
