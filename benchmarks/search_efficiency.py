@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -67,7 +68,7 @@ from ray.tune.stopper import Stopper
 from hpo.manifest import environment
 from hpo.objective import Objective
 from hpo.record import TrialRecord
-from hpo.stats import compare_paired
+from hpo.stats import compare_paired, median_interval
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import StudySpec, baseline_params, load_study_spec
@@ -669,6 +670,10 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int, reference
             # hpo's compute to first reach this strategy's median final best, seed by seed
             reach = [steps_to_reach(r["curve"], median_best) / budget for r in hpo]
             row["hpo_compute_to_match_median_final"] = round(statistics.median(reach), 3)
+            # how far that median can move with other seeds; null: a bound beyond the budget
+            row["hpo_compute_to_match_median_final_ci"] = [
+                round(end, 3) if math.isfinite(end) else None for end in median_interval(reach)
+            ]
             if seeds >= 2:
                 row["hpo_minus_this"] = _paired(hpo, runs, "best")
                 if tested and all("test" in r for r in hpo):

@@ -14,6 +14,7 @@ from hpo.stats import (
     adjust_pvalues,
     compare_paired,
     mean_interval,
+    median_interval,
     smallest_p,
     summarize,
     verdict,
@@ -103,6 +104,26 @@ def test_the_interval_is_scipys_t_interval():
     s = summarize(x)
     expected = stats.ttest_1samp(x, 0).confidence_interval(0.95)
     assert (s["ci_low"], s["ci_high"]) == pytest.approx((expected.low, expected.high))
+
+
+@pytest.mark.parametrize("n", [6, 10, 20])
+def test_the_median_interval_covers_the_true_median_at_least_95_percent_of_the_time(n):
+    # skewed, as steps-to-reach are: log-normal, median exp(0) = 1
+    rng = np.random.default_rng(n)
+    covered = [
+        low <= 1.0 <= high
+        for low, high in (median_interval(rng.lognormal(0, 1, n)) for _ in range(2_000))
+    ]
+    assert 0.95 <= np.mean(covered) <= 0.99, f"coverage {np.mean(covered):.3f} at {n=}"
+
+
+def test_the_median_interval_takes_studies_that_never_reached_the_target():
+    ten = [0.17, 0.28, 0.34, 0.36, 0.48, 0.51, 0.53, 0.55, 0.71, np.inf]
+    # the 2nd and 9th smallest of 10: one never-reached study leaves the upper end finite
+    assert median_interval(ten) == (0.28, 0.71)
+    assert median_interval([*ten[:8], np.inf, np.inf]) == (0.28, np.inf)
+    # five values: no pair of order statistics covers 95% (the widest covers 93.75%)
+    assert median_interval(ten[:5]) == (-np.inf, np.inf)
 
 
 def test_two_seeds_that_lean_better_are_not_called_better():
