@@ -46,12 +46,17 @@ def test_pbt_exploits_copy_weights_and_the_population_improves(tmp_path, env):
         # explore: the member's schedule changes where it took the donor's state
         assert e["step"] in [row["step"] for row in t.user_attrs["pbt.schedule"]]
     # exploit copied weights: where a member was clearly behind its donor, its next evaluation
-    # jumps to the donor's level instead of going on from its own
+    # lands at the donor's level, not a gap behind it as if it had gone on from its own. The
+    # donor's level is where it was (a perturbed learning rate may barely move the copy) or
+    # where it got to itself after the same steps from the same weights (in 10 early steps the
+    # loss can fall by half the gap: CI once saw 3.28 -> 3.17 after a 0.21 gap).
     clear = [e for _, e in events if e["own_value"] - e["donor_value"] > 0.1 and e["value_after"]]
     assert clear, f"no exploit with a clear gap: {[e for _, e in events]}"
     for e in clear:
         gap = e["own_value"] - e["donor_value"]
-        assert abs(e["value_after"] - e["donor_value"]) < 0.5 * gap, e
+        donor_after = ts[e["donor"]].intermediate_values[e["step_after"]]
+        nearest = min(abs(e["value_after"] - v) for v in (e["donor_value"], donor_after))
+        assert nearest < 0.5 * gap, (e, donor_after)
 
     for t in ts:  # each member's hyperparameter schedule starts from its sampled values
         first = t.user_attrs["pbt.schedule"][0]
