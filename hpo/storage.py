@@ -23,6 +23,7 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,35 @@ class Storage(optuna.storages.RDBStorage):
     @functools.cached_property
     def _missed(self) -> set[int]:
         return set()
+
+    # A trial's first beat goes with its creation. Optuna's heartbeat thread starts only once
+    # ask() has returned (after the sampler's before_trial), and a Ray trial waits for a slot
+    # after it is asked for; a trial that never beat is never stale, so a worker or driver that
+    # died in between left it RUNNING for good, counted as in play by every later run of the
+    # study. Optuna's storage cache calls this private method, not create_new_trial.
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            self._first_beat(trial._trial_id)
+        return trial
+
+    def set_trial_state_values(
+        self,
+        trial_id: int,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None = None,
+    ) -> bool:
+        # a queued trial (a retry, an enqueued config) taken by ask()
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == optuna.trial.TrialState.RUNNING:
+            self._first_beat(trial_id)
+        return changed
+
+    def _first_beat(self, trial_id: int) -> None:
+        if self.get_heartbeat_interval() is not None:
+            self.record_heartbeat(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """The trials whose worker went silent, each told why while it still runs: Optuna

@@ -222,7 +222,11 @@ class Driver:
             self.reevaluations.after_trial()
 
     def heartbeat(self) -> None:
-        """Live trials send heartbeats, so `fail_stale_trials` tells a dead driver's trials."""
+        """This experiment's trials send heartbeats, so `fail_stale_trials` tells a dead
+        driver's trials. Those still waiting for Tune to start them too: each beat once when
+        it was asked for (hpo.storage), and would otherwise look dead to other workers after
+        the grace period (a PBT population larger than the cluster, a trial waiting for a
+        node)."""
         if self.reevaluations is not None:
             self.reevaluations.step()
         if time.time() - self.beat_at < HEARTBEAT_INTERVAL_S:
@@ -230,9 +234,9 @@ class Driver:
         self.beat_at = time.time()
         if self.reevaluations is not None:
             self.reevaluations.heartbeat()
-        for n in self.started:
-            if self._running(n) is not None:
-                self.storage.record_heartbeat(self._id(n))
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("ray.experiment") == self.experiment:
+                self.storage.record_heartbeat(t._trial_id)
 
     def _update_progress(self) -> None:
         if self.progress is not None:

@@ -2,16 +2,19 @@
 Ctrl-C inside a storage call never leaves the write lock held."""
 
 import multiprocessing
+import os
 import random
 import signal
 import sqlite3
+import time
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from hpo import record as records
 from hpo.objective import _record_interrupt
-from hpo.storage import open_storage
+from hpo.storage import fail_crashed_trials, open_storage
 
 ROUNDS = 25
 
@@ -99,3 +102,56 @@ def test_ctrl_c_inside_a_storage_call_never_leaves_the_write_lock_held(tmp_path)
     assert len(trials) == INTERRUPTS
     assert {t.state for t in trials} == {optuna.trial.TrialState.FAIL}
     assert {records.TrialRecord.of(t).stop_reason for t in trials} == {records.INTERRUPTED}
+
+
+class _DiesInAsk(optuna.samplers.RandomSampler):
+    """A worker killed inside ask(): its trial is stored, Optuna's heartbeat thread not started."""
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _ask_and_die(url: str) -> None:
+    study = optuna.load_study(study_name="s", storage=open_storage(url), sampler=_DiesInAsk())
+    study.ask()
+
+
+def test_a_worker_killed_inside_ask_has_its_trial_failed_and_retried(tmp_path, monkeypatch):
+    # a trial that never sent a heartbeat was never stale: it stayed RUNNING for good, and
+    # every later run counted it as in play
+    monkeypatch.setenv("HPO_HEARTBEAT_S", "1")
+    monkeypatch.setenv("HPO_GRACE_S", "1")  # read by the workers, fresh processes
+    url = f"sqlite:///{tmp_path}/hpo.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    study.enqueue_trial({"x": 0.5})  # the first worker takes a queued trial, the second a new one
+    ctx = multiprocessing.get_context("spawn")
+    for _ in range(2):
+        worker = ctx.Process(target=_ask_and_die, args=(url,))
+        worker.start()
+        worker.join(timeout=120)
+        assert worker.exitcode == -signal.SIGKILL
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 2
+
+    time.sleep(2.5)  # longer than the workers' grace period
+    ctx.Process(target=_fail_crashed, args=(url,)).start()  # the next worker to look
+    trials = _wait_for_retries(study, 2)
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in dead] == [0, 1]
+    assert all(records.TrialRecord.of(t).stop_reason == records.CRASHED for t in dead)
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    # each as it was: the queued config again, and a fresh one
+    assert [t.system_attrs.get("fixed_params") for t in retries] == [{"x": 0.5}, None]
+
+
+def _fail_crashed(url: str) -> None:
+    fail_crashed_trials(optuna.load_study(study_name="s", storage=open_storage(url)))
+
+
+def _wait_for_retries(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = study.get_trials()
+        if sum(t.state == TrialState.WAITING for t in trials) >= n:
+            return trials
+        time.sleep(0.2)
+    return study.get_trials()
