@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 # run as a script: this folder is on the path
-from search_efficiency import steps_to_reach
+from search_efficiency import merge_runs, steps_to_reach
 
 from hpo.stats import median_interval
 
@@ -31,13 +31,9 @@ PLAIN = "optuna-tpe+hyperband"
 def fractions(files: list[str], row: str) -> list[float]:
     """Per seed: the share of the budget after which `row` first reached the files' plain
     Optuna median final best (inf: never)."""
-    runs: dict[str, list[dict]] = {}
-    budgets = set()
-    for path in files:
-        saved = json.loads(Path(path).read_text())
-        budgets.add(saved["budget_steps"])
-        for name, rs in saved["runs"].items():
-            runs.setdefault(name, []).extend(rs)
+    saved = [json.loads(Path(path).read_text()) for path in files]
+    runs = merge_runs(saved)
+    budgets = {out["budget_steps"] for out in saved}
     if len(budgets) != 1 or row not in runs or PLAIN not in runs:
         raise SystemExit(f"{files}: need one budget and the rows {row!r} and {PLAIN!r}")
     target = statistics.median(r["best"] for r in runs[PLAIN])

@@ -416,6 +416,16 @@ def default_study_overhead(n_trials: int) -> dict:
     }
 
 
+def merge_runs(saved: list[dict]) -> dict[str, list[dict]]:
+    """Each strategy's runs in --out files read back; a strategy in several files (seed ranges
+    run apart) gets its runs in the files' order."""
+    results: dict[str, list[dict]] = {}
+    for out in saved:
+        for name, runs in out["runs"].items():
+            results.setdefault(name, []).extend(runs)
+    return results
+
+
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
     for steps, best in curve:
         if best <= target:
@@ -519,11 +529,7 @@ def main() -> None:
         for path, out in zip(args.from_json, saved, strict=True):
             if "machine" not in out:
                 print(f"note: {path} does not say which machine it ran on", file=sys.stderr)
-        # a strategy in several files (seed ranges run apart): its runs in the files' order
-        results: dict[str, list[dict]] = {}
-        for out in saved:
-            for name, runs in out["runs"].items():
-                results.setdefault(name, []).extend(runs)
+        results = merge_runs(saved)
         budget = saved[0]["budget_steps"]
         if args.reference not in results:
             parser.error(f"--reference {args.reference}: not a row of these files: {list(results)}")
