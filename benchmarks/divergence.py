@@ -31,13 +31,12 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from search_efficiency import BENCH_SETS, StopAtBudget
 
-from hpo.objective import Objective
+from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
 from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import load_study_spec
-from trainers import TrainerError
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -46,8 +45,13 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 class FailOnDivergence(Objective):
     """hpo before: a diverged trial raised, so the study recorded it FAIL."""
 
-    def _diverged_value(self, e, cfg):
-        raise e
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return super().__call__(trial)
+        except optuna.TrialPruned as e:
+            if TrialRecord.of(trial).stop_reason == "diverged":
+                raise TrialFailed(str(e)) from None
+            raise
 
 
 def run_study(policy: str, seed: int, budget: int, lr_high: float, workdir: Path) -> dict:
@@ -58,11 +62,11 @@ def run_study(policy: str, seed: int, budget: int, lr_high: float, workdir: Path
         study_name=name, storage=open_storage(f"sqlite:///{workdir}/{name}.db")
     )
     study.sampler = make_sampler(spec, name="tpe", seed=seed, worker=0, n_existing=0)
-    study.pruner = make_pruner(spec, name="hyperband", cfg=spec.train_config(BENCH_SETS))
+    study.pruner = make_pruner(spec, name="hyperband", config=spec.fixed_config(BENCH_SETS))
     kind = FailOnDivergence if policy == "fail" else Objective
     objective = kind(spec, sets=BENCH_SETS, target=10**9, checkpoint_root=workdir / name)
     start = time.perf_counter()
-    study.optimize(objective, catch=(TrainerError,), callbacks=[StopAtBudget(budget)])
+    study.optimize(objective, catch=(TrialFailed,), callbacks=[StopAtBudget(budget)])
     trials = study.get_trials(deepcopy=False)
     diverged = [t for t in trials if TrialRecord.of(t).stop_reason == "diverged"]
     complete = [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency import BENCH_SETS, test_losses
 
 from hpo import noise
-from hpo.objective import Objective
+from hpo.objective import Objective, TrialFailed
 from hpo.plan import WorkerPlan
 from hpo.record import TrialRecord
 from hpo.reevaluation import Reevaluations
@@ -40,7 +40,6 @@ from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import NoiseSpec, load_study_spec
-from trainers import TrainerError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,7 +64,7 @@ def tune(seed: int, aware: bool, budget: int, workdir: Path) -> dict:
     url = f"sqlite:///{workdir}/{label}.db"
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="minimize")
     study.sampler = make_sampler(spec, name="tpe", seed=seed, worker=0, n_existing=0)
-    study.pruner = make_pruner(spec, name="hyperband", cfg=spec.train_config(sets))
+    study.pruner = make_pruner(spec, name="hyperband", config=spec.fixed_config(sets))
     root = workdir / f"ckpt-{label}"
     objective = Objective(spec, sets=sets, target=10**9, checkpoint_root=root)
     plan = WorkerPlan(
@@ -91,7 +90,7 @@ def tune(seed: int, aware: bool, budget: int, workdir: Path) -> dict:
     while steps_spent(study) < budget:
         if seeds.run_due(study):
             continue
-        study.optimize(objective, catch=(TrainerError,), callbacks=[after])
+        study.optimize(objective, catch=(TrialFailed,), callbacks=[after])
     trials = study.get_trials(deepcopy=False)
     if aware:
         report = noise.report(study)

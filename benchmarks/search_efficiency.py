@@ -66,14 +66,15 @@ from optuna.trial import TrialState
 from ray.tune.stopper import Stopper
 
 from hpo.manifest import environment
-from hpo.objective import Objective
+from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
 from hpo.stats import compare_paired, median_interval
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import StudySpec, baseline_params, load_study_spec
-from hpo.validate import SEED_BASE, Job, run_job, seeded
-from trainers import DivergedError, StopTraining, TrainConfig, TrainerError, train
+from hpo.trainable import BUILTIN_ENTRY, flatten, load_trainable
+from hpo.validate import SEED_BASE, Job, run_job
+from trainers import DivergedError, StopTraining, TrainConfig, train
 from trainers.device import device_name
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -197,7 +198,8 @@ def run_strategy(
     sampler, pruner, space = STRATEGIES[name]
     sets = {**BENCH_SETS, "data.corpus": corpus}
     spec = with_spec_sets(load_study_spec("lr_sweep", sets=sets), spec_sets)
-    base = spec.train_config(sets)
+    fixed = spec.fixed_config(sets)
+    base = TrainConfig.from_dict(fixed)
     if sampler == "ray-optuna":
         return run_ray_tune(base, seed, budget, workdir)
     if sampler == "smac":
@@ -222,7 +224,7 @@ def run_strategy(
     else:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
         study.sampler = make_sampler(spec, name=sampler, seed=seed, worker=0, n_existing=0)
-        study.pruner = make_pruner(spec, name=pruner, cfg=base)
+        study.pruner = make_pruner(spec, name=pruner, config=fixed)
         if spec.sampler.baseline_first and space == "hpo":  # as hpo.session.open_study does
             study.enqueue_trial(baseline_params(spec, sets))
     if space == "hand":
@@ -232,7 +234,7 @@ def run_strategy(
             spec, sets=sets, target=10**9, checkpoint_root=workdir / f"ckpt-{study_name}"
         )
     start = time.perf_counter()
-    study.optimize(objective, catch=(TrainerError,), callbacks=[StopAtBudget(budget)])
+    study.optimize(objective, catch=(TrialFailed,), callbacks=[StopAtBudget(budget)])
     wall = time.perf_counter() - start
     curve, best, steps = [], float("inf"), 0
     for t in study.get_trials(deepcopy=False):
@@ -448,10 +450,14 @@ def _init_worker(threads: int) -> None:
 def test_losses(config: dict, n: int, workdir: Path) -> list[dict]:
     """`config` trained on n fresh seeds, scored as hpo.validate scores (the best checkpoint on
     the test split): its rows of test and val metrics."""
-    cfg = TrainConfig.from_dict(config)
+    gpt = load_trainable(BUILTIN_ENTRY)
+    config = gpt.resolve(flatten(config))
     out = []
     for i in range(n):
-        job = Job("winner", seeded(cfg, SEED_BASE + i).to_dict(), SEED_BASE + i, "", str(workdir))
+        seeded = gpt.seeded(config, SEED_BASE + i)
+        job = Job(
+            "winner", seeded, SEED_BASE + i, "", str(workdir), BUILTIN_ENTRY, "val/loss", True
+        )
         out.append(run_job(job)[1])
     return out
 

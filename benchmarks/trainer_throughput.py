@@ -2,6 +2,7 @@
 
     python benchmarks/trainer_throughput.py [--corpus PATH] [--steps 300]
     python benchmarks/trainer_throughput.py --time-to-loss 1.4697     # GPU: nanoGPT's recipe
+    python benchmarks/trainer_throughput.py --seam [--rounds 5]       # the seam's cost
 
 The baseline is measured in the same run: a large matmul (the best any model of ours could do
 per FLOP) and a matmul of the model's own hidden shape. "of matmul" is the trainer's model
@@ -10,6 +11,9 @@ FLOP/s over that peak (model FLOP utilization, as nanoGPT and PaLM define it). O
 measures nanoGPT's shakespeare-char recipe (6 layers, 6 heads, width 384, context 256, batch
 64) in bf16, with and without torch.compile. --time-to-loss trains that recipe to the val loss
 nanoGPT publishes for it (1.4697) and reports the wall time. benchmarks/gpu.md is the runbook.
+--seam trains the default config directly (trainers.train with a report callback and
+checkpoints, as hpo.objective called it before the seam) and through the seam (hpo.gpt behind
+hpo.seam.Run, as every engine calls it now), alternating round by round, and gives the ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,6 +134,32 @@ def time_to_loss(corpus: str, target: float, compile_model: bool) -> dict:
     }
 
 
+def seam_versus_direct(base: TrainConfig, rounds: int) -> dict:
+    """Steady tokens/s of `base` trained directly and through the seam, `rounds` each."""
+    from hpo import gpt
+    from hpo.seam import Run, execute
+
+    speeds: dict[str, list[float]] = {"direct": [], "seam": []}
+    for r in range(rounds):
+        for how in ("direct", "seam") if r % 2 == 0 else ("seam", "direct"):
+            with tempfile.TemporaryDirectory() as tmp:
+                if how == "direct":
+                    data = gpt.data_for(base)
+                    result = train(base, report=lambda s, m: None, checkpoint_dir=tmp, data=data)
+                    history = result.history
+                else:
+                    run = Run(base.flat(), metric="val/loss", minimize=True, checkpoint_dir=tmp)
+                    history = execute(gpt.train, run).history
+            steady = statistics.median(row["system/tokens_per_s"] for row in history[1:])
+            speeds[how].append(steady)
+    ratios = [a / b for a, b in zip(speeds["seam"], speeds["direct"], strict=True)]
+    return {
+        "tokens_per_s": {k: [round(x) for x in v] for k, v in speeds.items()},
+        "seam / direct, per round": [round(x, 3) for x in ratios],
+        "seam / direct (median)": round(statistics.median(ratios), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
@@ -137,6 +168,8 @@ def main() -> None:
         "--time-to-loss", type=float, metavar="LOSS", help="train nanoGPT's recipe to this loss"
     )
     parser.add_argument("--compile", action="store_true", help="with --time-to-loss")
+    parser.add_argument("--seam", action="store_true", help="direct vs through the seam")
+    parser.add_argument("--rounds", type=int, default=5, help="with --seam")
     args = parser.parse_args()
     if args.time_to_loss is not None:
         print(json.dumps(time_to_loss(args.corpus, args.time_to_loss, args.compile), indent=2))
@@ -158,6 +191,9 @@ def main() -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if args.seam:
+        print(json.dumps({"machine": machine, **seam_versus_direct(base, args.rounds)}, indent=2))
+        return
     rows = []
     if device.type == "cuda":
         peak = matmul_flops(8192, 8192, 8192, device, torch.bfloat16)

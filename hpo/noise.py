@@ -32,8 +32,9 @@ import optuna
 import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.manifest import manifest_config
 from hpo.record import SURPLUS, TrialRecord
-from trainers import TrainConfig
+from hpo.trainable import SEED_KEY
 
 SUFFIX = ":seeds"
 STOPPED = "hpo.stopped"  # study user attribute: why the study ended before its target
@@ -60,8 +61,8 @@ def open_seeds_study(study: optuna.Study) -> optuna.Study:
 
 
 def reevaluation_config(
-    seeds_study: optuna.Study, record: TrialRecord, *, fallback: TrainConfig
-) -> TrainConfig:
+    seeds_study: optuna.Study, record: TrialRecord, *, fallback: dict[str, Any]
+) -> dict[str, Any]:
     """What a re-evaluation trains: the resolved config of the trial it re-evaluates (from its
     manifest: the study's settings of that run, not today's --set) with train.seed + k; or,
     for a trial without a manifest, `fallback` (its parameters on today's settings) so."""
@@ -70,8 +71,8 @@ def reevaluation_config(
     )
     origin = study.get_trials(deepcopy=False)[record.reevaluates]
     manifest = TrialRecord.of(origin).manifest
-    cfg = TrainConfig.from_dict(manifest["config"]) if manifest else fallback
-    return cfg.with_overrides({"train.seed": cfg.train.seed + record.seed_index})
+    config = manifest_config(manifest) if manifest else fallback
+    return {**config, SEED_KEY: int(config.get(SEED_KEY, 0)) + record.seed_index}
 
 
 def find_seeds_study(study: optuna.Study) -> optuna.Study | None:
@@ -280,7 +281,7 @@ class StopDecision:
     def describe(self) -> str:
         return (
             f"the best trial improved by {self.improvement:.4f} over the last third "
-            f"of the compute ({self.since_tokens:,} to {self.tokens:,} tokens, "
+            f"of the compute ({self.since_tokens:,} to {self.tokens:,} tokens or steps, "
             f"{self.trials} trials), {'less' if self.stop else 'not less'} than the seed "
             f"noise (sd {self.noise_sd:.4f})"
         )
@@ -394,4 +395,5 @@ def report(study: optuna.Study) -> NoiseReport | None:
 
 
 def _tokens(t: FrozenTrial) -> int:
-    return TrialRecord.of(t).tokens or 0
+    """Compute: tokens where the trainer counts them, else steps (TrialRecord.compute)."""
+    return TrialRecord.of(t).compute

@@ -1,13 +1,17 @@
-"""The adapter between an Optuna trial and the trainer: sample, train, report, record.
+"""The Optuna engine's side of the seam: an Optuna trial -> the trainable -> the trial's value
+and record.
 
-The trial's value is the best value of the study's metric over the run's evaluations; every
-evaluation is reported to the pruner. What the trial leaves in storage is its record
-(hpo.record): written when it starts (who runs it, the values derived from its parameters)
-and when it ends (speed, size, steps, stop reason, manifest; for a failure, why). The retry of
-a crashed trial resumes from its last checkpoint.
+The trial's value is the best value of the study's metric over the run's reports; every report
+goes to the pruner (hpo.seam.Run). What the trial leaves in storage is its record (hpo.record):
+written when it starts (who runs it, the values derived from its parameters) and when it ends
+(speed, size, steps, stop reason, manifest; for a failure, why). The retry of a crashed trial
+gets the crashed trial's checkpoint folder, so a function that restores resumes from its last
+save.
 
 A diverged trial is PRUNED, not FAIL: it reports a value worse than any healthy run's at the
-step it blew up, so that TPE (which ignores failed trials) learns to avoid its region.
+step it blew up, so that TPE (which ignores failed trials) learns to avoid its region. A failed
+trial (the function's own exception, a config it cannot run, out of memory) is recorded with
+its reason and the worker goes on; a function that breaks the seam's contract stops the study.
 """
 
 from __future__ import annotations
@@ -16,37 +20,38 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import math
 import os
 import shutil
 import socket
-import time
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-import search_spaces
-from hpo import noise
+from hpo import noise, space
 from hpo import record as records
-from hpo.budget import equal_compute, resource, tokens_per_step
 from hpo.devices import gpu_share
-from hpo.manifest import result_manifest, write_manifest
+from hpo.manifest import outcome_manifest, write_manifest
 from hpo.record import TrialRecord
+from hpo.seam import (
+    ContractError,
+    Diverged,
+    InvalidConfig,
+    Outcome,
+    OutOfMemory,
+    Run,
+    Sink,
+    StopTrial,
+    execute,
+)
 from hpo.storage import STORAGE_ERRORS, exception_chain, first_line, storage_failure
 from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker
-from trainers import (
-    DivergedError,
-    OutOfMemoryError,
-    StopTraining,
-    TrainConfig,
-    TrainResult,
-    UsageError,
-    train,
-)
-from trainers.data import Data, load_data
+from hpo.trainable import SEED_KEY, Trainable, steps_of
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,11 @@ IN_PLAY = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # done or on their
 
 class SurplusTrialError(Exception):
     """Two workers raced for the last slot; this trial would overshoot the target."""
+
+
+class TrialFailed(Exception):
+    """A trial failed for a reason recorded on it (its stop and fail reasons); its worker goes
+    on with the next one."""
 
 
 class Objective:
@@ -85,8 +95,7 @@ class Objective:
             except KeyboardInterrupt as e:  # while sampling, loading or training
                 _record_interrupt(trial, e)
                 raise
-            except UsageError as e:  # a sampled config this trainer or corpus cannot run
-                fail(trial, records.INVALID_CONFIG, str(e))
+            except (optuna.TrialPruned, TrialFailed, SurplusTrialError, ContractError):
                 raise
             except Exception as e:
                 if _interrupt_behind(e):
@@ -99,27 +108,37 @@ class Objective:
                     # RUNNING, goes silent, and is retried as crashed when the study resumes
                     with contextlib.suppress(*STORAGE_ERRORS):
                         fail(trial, records.STORAGE_LOST, f"lost the storage ({first_line(lost)})")
-                raise
+                    raise
+                # the training function's own exception: this trial failed, the study goes on
+                # (--verbose: Optuna's log shows the traceback)
+                fail(trial, records.ERROR, error_line(e))
+                raise TrialFailed(error_line(e)) from e
 
     def _trial(self, trial: optuna.Trial) -> float:
         if _in_play_before(trial) >= self.target:
             fail(trial, records.SURPLUS, "surplus: the target was reached by other workers")
             raise SurplusTrialError("target already reached")
-        overrides = search_spaces.suggest(trial, self.spec.search_space)
-        # sampled values last: what the trial records as its params is what trains (a --set
-        # on a tuned key is refused up front, and could not win here anyway)
-        base = self.spec.train_config(self.sets)
+        trainable = self.spec.trainable()
+        fixed = self.spec.fixed_config(self.sets)  # the study's fixed settings, --set applied
+        overrides = space.suggest(trial, self.spec.search_space)
         # Optuna has no public view of a running trial's inherited values and system attrs
         frozen = trial.study._storage.get_trial(trial._trial_id)
         # an out-of-memory retry comes with its own record, and so does a re-evaluation
         enqueued = TrialRecord.of(frozen)
-        cfg = equal_compute(base.with_overrides(overrides), base)
+        try:
+            # sampled values last: what the trial records as its params is what trains (a --set
+            # on a tuned key is refused up front, and could not win here anyway)
+            config = trainable.budget(trainable.resolve({**fixed, **overrides}), fixed)
+        except ValueError as e:  # a sampled config this trainer cannot run
+            fail(trial, records.INVALID_CONFIG, str(e))
+            raise TrialFailed(str(e)) from None
         if enqueued.reevaluates is not None:
             # the config its trial trained, with another seed (hpo.noise); the record shows
             # the seed among the derived values
-            cfg = noise.reevaluation_config(trial.study, enqueued, fallback=cfg)
-            overrides["train.seed"] = cfg.train.seed
+            config = noise.reevaluation_config(trial.study, enqueued, fallback=config)
+            overrides[SEED_KEY] = config.get(SEED_KEY, 0)
         ckpt, retry_of = self._checkpoint_for(trial, frozen)
+        max_steps, tokens = steps_of(config)[0], trainable.tokens_per_step(config)
         record = TrialRecord.starting(
             trial.params,
             overrides,
@@ -129,46 +148,53 @@ class Objective:
             retry_of=retry_of if retry_of is not None else enqueued.retry_of,
             reevaluates=enqueued.reevaluates,
             seed_index=enqueued.seed_index,
-            max_steps=cfg.train.max_steps,
-            max_tokens=cfg.train.max_steps * tokens_per_step(cfg),
+            max_steps=max_steps,
+            max_tokens=max_steps * tokens if max_steps is not None and tokens else None,
         )
         records.write(trial, record)
-        metric = self.spec.objective.metric
-        self.tracker.start_trial(trial, cfg, metric=metric, direction=self.spec.objective.direction)
+        metric, direction = self.spec.objective.metric, self.spec.objective.direction
+        self.tracker.start_trial(trial, config, metric=metric, direction=direction)
         already_reported = set(frozen.intermediate_values)  # a retry inherits its origin's
-        tuner_s = [0.0]  # time inside train() spent on the pruner and storage, not on training
-
-        def report(step: int, metrics: dict[str, float]) -> None:
-            self.tracker.log(step, metrics)  # never raises: a failing tracker turns itself off
-            start, at = time.perf_counter(), resource(step, cfg, base)
-            if at not in already_reported:
-                trial.report(metrics[metric], at)
-            prune = trial.should_prune()
-            tuner_s[0] += time.perf_counter() - start
-            if prune:
-                raise StopTraining("pruned")
-
+        sink = OptunaSink(trial, trainable, config, fixed, self.tracker, already_reported)
+        run = Run(
+            config,
+            metric=metric,
+            minimize=self.spec.objective.minimize,
+            checkpoint_dir=ckpt,
+            sink=sink,
+            trial=trial.number,
+        )
         try:
             with gpu_share(self.gpu, alone=record.alone):
-                result = train(cfg, report=report, checkpoint_dir=ckpt, data=self._load_data(cfg))
-        except DivergedError as e:
-            steps = {"steps": e.step, "tokens": e.step * tokens_per_step(cfg)}
+                outcome = execute(trainable, run)
+        except Diverged as e:
+            value = e.value if e.value is not None else self.spec.objective.worst
+            steps = {"steps": e.step, "tokens": e.step * tokens if tokens else None}
             fail(trial, records.DIVERGED, str(e), record=record, **steps)
-            if resource(e.step, cfg, base) not in already_reported:
-                trial.report(self._diverged_value(e, cfg), resource(e.step, cfg, base))
+            at = trainable.resource(e.step, config, fixed)
+            if at not in already_reported:
+                trial.report(value, at)
             raise optuna.TrialPruned(str(e)) from None
-        except OutOfMemoryError as e:
-            fail(trial, records.OUT_OF_MEMORY, str(e), record=record)
+        except (OutOfMemory, torch.OutOfMemoryError) as e:
+            fail(trial, records.OUT_OF_MEMORY, first_line(e), record=record)
             self._retry_alone(trial, record)
+            raise TrialFailed(str(e)) from None
+        except InvalidConfig as e:
+            fail(trial, records.INVALID_CONFIG, str(e), record=record)
+            raise TrialFailed(str(e)) from None
+        except ContractError as e:  # the study stops: every trial would break it the same way
+            fail(trial, records.CONTRACT, str(e), record=record)
             raise
-        record = finished_record(record, cfg, result, tuner_s=tuner_s[0])
+        record = finished_record(
+            record, config, outcome, trainable=trainable, entry=self.spec.entry
+        )
         records.write(trial, record)
         self.tracker.log_manifest(record.manifest)
         write_manifest(ckpt, record.manifest)  # beside the checkpoints: the folder says it all
-        if result.stop_reason == "pruned":
-            raise optuna.TrialPruned(f"pruned at step {result.steps}")
-        values = [row[metric] for row in result.history]
-        return self.spec.objective.best(values)
+        warn_unread(overrides, outcome)
+        if outcome.stop_reason == "pruned":
+            raise optuna.TrialPruned(f"pruned at step {outcome.steps}")
+        return outcome.best_value
 
     def _retry_alone(self, trial: optuna.Trial, record: TrialRecord) -> None:
         """Once more, with the GPU to itself: the trials it shared it with may have taken the
@@ -181,9 +207,6 @@ class Objective:
                 seed_index=record.seed_index,
             )
             records.enqueue(trial.study, trial.params, again)
-
-    def _diverged_value(self, e: DivergedError, cfg: TrainConfig) -> float:
-        return diverged_value(e, self.spec, self._load_data(cfg))
 
     def _checkpoint_for(
         self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial
@@ -205,49 +228,77 @@ class Objective:
             )
         return ckpt, history[-1]
 
-    def _load_data(self, cfg: TrainConfig) -> Data:
-        return data_for(cfg)
+
+class OptunaSink(Sink):
+    """A run's reports to its Optuna trial: the tracker logs each, the pruner judges each at
+    the step the trainable says it counts as."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        trainable: Trainable,
+        config: dict[str, Any],
+        fixed: dict[str, Any],
+        tracker: Tracker,
+        already_reported: set[int],
+    ) -> None:
+        self.trial, self.trainable, self.config, self.fixed = trial, trainable, config, fixed
+        self.tracker, self.already_reported = tracker, already_reported
+
+    def report(self, run: Run, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log(step, metrics)  # never raises: a failing tracker turns itself off
+        at = self.trainable.resource(step, self.config, self.fixed)
+        if at not in self.already_reported:
+            self.trial.report(metrics[run.metric], at)
+        if self.trial.should_prune():
+            raise StopTrial("pruned")
 
 
 def finished_record(
-    record: TrialRecord, cfg: TrainConfig, result: TrainResult, *, tuner_s: float
+    record: TrialRecord,
+    config: dict[str, Any],
+    outcome: Outcome,
+    *,
+    trainable: Trainable,
+    entry: str,
 ) -> TrialRecord:
-    """The record of a trial whose training ended (by its budget, patience or the pruner)."""
+    """The record of a trial whose run ended (by its budget, the function, or the pruner)."""
+    tokens = trainable.tokens_per_step(config)
+    speed = outcome.facts.get("tokens_per_s")
     return dataclasses.replace(
         record,
-        resumed_from_step=result.resumed_from,
-        stop_reason=result.stop_reason,
-        steps=result.steps,
-        tokens=result.tokens,
-        best_step=result.best_step,
-        tokens_per_s=round(result.tokens_per_s, 1),
-        n_params=result.n_params,
-        wall_time_s=round(result.wall_time_s, 3),
-        tuner_time_s=round(tuner_s, 3),
-        metrics=result.metrics,
-        manifest=result_manifest(cfg, result),
+        resumed_from_step=outcome.resumed_from,
+        stop_reason=outcome.stop_reason,
+        steps=outcome.steps,
+        tokens=outcome.steps * tokens if tokens and outcome.steps is not None else None,
+        best_step=outcome.best_step,
+        tokens_per_s=round(speed, 1) if speed is not None else None,
+        n_params=outcome.facts.get("n_params"),
+        wall_time_s=round(outcome.wall_time_s, 3),
+        tuner_time_s=round(outcome.tuner_time_s, 3),
+        metrics=outcome.metrics,
+        manifest=outcome_manifest(config, outcome, entry=entry),
     )
 
 
-_DATA: dict[str, Data] = {}
+_WARNED: set[str] = set()
 
 
-def data_for(cfg: TrainConfig) -> Data:
-    """The tokenized splits `cfg` trains on, loaded once per process (by every trial of a
-    worker, Optuna's or Ray's)."""
-    key = repr((cfg.data, cfg.model.block_size))
-    if key not in _DATA:
-        _DATA[key] = load_data(cfg.data, block_size=cfg.model.block_size)
-    return _DATA[key]
+def warn_unread(overrides: dict[str, Any], outcome: Outcome) -> None:
+    """Once per process: a tuned key the function never read is a space that tunes nothing
+    (a typo in a key, a setting the function ignores). The root seed is hpo's to read."""
+    for key in sorted(overrides.keys() - outcome.read - _WARNED - {SEED_KEY}):
+        _WARNED.add(key)
+        print(
+            f"warning: the search space sets {key!r}, but the training function never read "
+            "it: the trials differ in a value that changes nothing (check the key's name)",
+            file=sys.stderr,
+        )
 
 
-def diverged_value(e: DivergedError, spec: StudySpec, data: Data) -> float:
-    """What a diverged trial reports: the divergence limit in the metric's units, worse than any
-    run that did not blow up (for TPE, a pruned trial ranks by its step, then by this value)."""
-    nats = e.limit if e.limit is not None else e.loss
-    if spec.objective.metric == "val/bpb":
-        nats /= math.log(2) * data.bytes_per_token["val"]
-    return nats if spec.objective.minimize else -nats
+def error_line(e: BaseException) -> str:
+    """The last line of an exception's traceback: "ZeroDivisionError: division by zero"."""
+    return traceback.format_exception_only(type(e), e)[-1].strip()
 
 
 def checkpoint_dir(root: Path, number: int) -> Path:

@@ -27,7 +27,11 @@ INVALID_CONFIG = "invalid_config"  # a sampled config the trainer or corpus cann
 OUT_OF_MEMORY = "out_of_memory"
 STORAGE_LOST = "storage_lost"
 SURPLUS = "surplus"  # another worker reached the study's target first
-ERROR = "error"  # anything else (a Ray trial's exception)
+CONTRACT = "contract"  # the training function broke the seam's contract (hpo.seam): it stops
+ERROR = "error"  # the training function's own exception (its last line is the reason)
+# How a run that was not stopped ended: "finished" (the function returned), or what the
+# function noted (the built-in GPT: max_steps, early_stopped).
+FINISHED = ("finished", "max_steps", "early_stopped")
 
 
 @dataclass
@@ -78,9 +82,20 @@ class TrialRecord:
         return dataclasses.asdict(self)
 
     @property
+    def compute(self) -> int:
+        """What it trained: in tokens where its trainer counts them (they compare trials of
+        different batch sizes), else in steps."""
+        return self.tokens if self.tokens is not None else (self.steps or 0)
+
+    @property
+    def max_compute(self) -> int | None:
+        """What it would train unpruned, in the units of `compute`."""
+        return self.max_tokens if self.tokens is not None else self.max_steps
+
+    @property
     def failed(self) -> bool:
         """Stopped by something other than its budget or the pruner."""
-        return self.stop_reason not in ("", "max_steps", "early_stopped", "pruned")
+        return self.stop_reason not in ("", "pruned", *FINISHED)
 
 
 def write(trial: optuna.Trial, record: TrialRecord) -> None:

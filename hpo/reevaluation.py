@@ -18,13 +18,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import noise
 from hpo import record as records
-from hpo.objective import Objective, SurplusTrialError, checkpoint_dir
+from hpo.objective import Objective, SurplusTrialError, TrialFailed, checkpoint_dir
 from hpo.plan import WorkerPlan
 from hpo.record import TrialRecord
 from hpo.storage import fail_crashed_trials
 from hpo.study_spec import NoiseSpec
 from hpo.tracking import Tracker
-from trainers import TrainerError
 
 NO_TARGET = 2**62  # re-evaluations are not counted against --trials
 
@@ -61,7 +60,7 @@ class Reevaluations:
         if not queue_due(study, seeds_study, self.settings, self.minimize):
             return False
         ran: list[FrozenTrial] = []
-        catch = (TrainerError, SurplusTrialError)
+        catch = (TrialFailed, SurplusTrialError)
         callbacks = [lambda _, t: ran.append(t)]
         seeds_study.optimize(self._objective, n_trials=1, catch=catch, callbacks=callbacks)
         done = ran[0]
@@ -125,7 +124,7 @@ def due_reevaluation(
         noise.spent(runs),
         seeds=settings.seeds,
         max_share=settings.max_share,
-        full_tokens=TrialRecord.of(best).max_tokens or 0,
+        full_tokens=TrialRecord.of(best).max_compute or 0,
         taken=noise.reevaluations(seeds_study),
         in_flight=noise.reevaluations(seeds_study, (TrialState.WAITING, TrialState.RUNNING)),
     )

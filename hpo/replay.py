@@ -1,8 +1,9 @@
 """Replay a trial from its manifest: python -m hpo.run --replay 3 --study smoke
 
-The trial's resolved config is trained again, in deterministic mode with the thread count the
-trial ran with, to the step where it stopped (a pruned trial stops where the pruner stopped it;
-its learning-rate schedule is still the full run's). Its evaluations, final metrics and value
+The trial's resolved config is trained again by its trainable (the manifest names it), in the
+deterministic mode and with the thread count the trial ran with, to the step where it stopped
+(a pruned trial stops where the pruner stopped it; its learning-rate schedule is still the full
+run's). Its evaluations, final metrics and value
 are compared with those stored: exactly when both ran on a CPU (float sums on a CPU depend only
 on the code, the data, the seeds and the thread count), within a relative tolerance on a GPU
 (bf16 autocast and atomics). What differs in the environment (corpus fingerprint, commit,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,14 +25,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import resource
 from hpo.errors import HPOError
 from hpo.flags import stored_name
-from hpo.manifest import result_manifest
+from hpo.manifest import manifest_config, outcome_manifest
+from hpo.objective import error_line
 from hpo.record import TrialRecord
+from hpo.seam import InvalidConfig, Outcome, Run, Sink, StopTrial, execute
 from hpo.storage import load_existing_study
-from hpo.study_spec import StudySpec
-from trainers import StopTraining, TrainConfig, TrainerError, TrainResult, UsageError, train
+from hpo.study_spec import ObjectiveSpec, StudySpec
+from hpo.trainable import BUILTIN_ENTRY, Trainable, load_trainable
 from trainers.device import device_name
 
 # Relative, for a replay that cannot be bit-exact (GPU kernels that were not deterministic, or
@@ -44,6 +47,7 @@ ENVIRONMENT = [  # (label, path in the manifest): what is listed when it differs
     ("vocabulary size", ("data", "vocab_size")),
     ("split sizes", ("data", "tokens")),
     ("seeds", ("seeds",)),
+    ("training code (its commit and changes, or its source's hash)", ("code",)),
     ("git commit", ("git", "commit")),
     ("uncommitted changes (sha256 of git diff HEAD)", ("git", "diff_sha256")),
     ("python", ("python",)),
@@ -146,19 +150,21 @@ def replay_trial(
         (device == "cpu" and same_cpu) or (bool(manifest.get("deterministic")) and same_gpu)
     )
     tolerance = tolerance if tolerance is not None else (0.0 if exact else GPU_TOLERANCE)
+    entry = manifest.get("entry", BUILTIN_ENTRY)
+    trainable = load_trainable(entry)
+    config = manifest_config(manifest)
+    if "train.device" in config:
+        config["train.device"] = device
     try:
-        cfg = TrainConfig.from_dict(manifest["config"]).with_overrides({"train.device": device})
-    except UsageError as e:
+        config = trainable.resolve(config)
+    except ValueError as e:
         raise HPOError(f"trial {number}'s manifest holds a config this code rejects: {e}") from None
     stop_at = record.steps if record.steps is not None else manifest.get("steps")
     threads = manifest.get("threads") or torch.get_num_threads()
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        if stop_at is not None and step >= stop_at:
-            raise StopTraining("replayed")  # where the trial stopped (pruned: the pruner's step)
-
-    stopped = f"stopped at step {stop_at} of {cfg.train.max_steps}" if stop_at else ""
-    mode = "deterministic" if cfg.train.deterministic else "default kernels"
+    deterministic = bool(manifest.get("deterministic"))
+    max_steps = config.get("train.max_steps")
+    stopped = f"stopped at step {stop_at} of {max_steps}" if stop_at else ""
+    mode = "deterministic" if deterministic else "default kernels"
     header = (
         f"replay of trial {number} of study {study.study_name!r} ({t.state.name.lower()}, "
         f"{stopped}) on {device}, {threads} thread(s), {mode} as the trial ran; "
@@ -166,12 +172,20 @@ def replay_trial(
     )
     if not exact and device != "cpu":
         header += " (for bit-exact GPU replays, tune with --set train.deterministic=true)"
+    stored = study.user_attrs.get("hpo.spec")
+    spec = StudySpec(**stored) if stored else None
+    # a study copied without hpo's attributes: the default metric, in the study's direction
+    direction = study.direction.name.lower()
+    objective = spec.objective if spec else ObjectiveSpec(direction=direction)
     start = time.perf_counter()
-    result = _train(cfg, report, threads)
+    outcome = _train(trainable, config, objective, stop_at, threads, deterministic)
     out = Replay(study.study_name, number, header, tolerance)
     out.wall_time_s = time.perf_counter() - start
-    out.rows = _compare(study, t, record, cfg, result, tolerance)
-    out.environment = environment_differences(manifest, result_manifest(cfg, result))
+    fixed = spec.fixed_config(study.user_attrs.get("hpo.sets", {})) if spec else config
+    out.rows = _compare(t, record, outcome, tolerance, trainable, config, fixed, objective)
+    out.environment = environment_differences(
+        manifest, outcome_manifest(config, outcome, entry=entry)
+    )
     return out
 
 
@@ -188,12 +202,14 @@ def _manifest_of(study: optuna.Study, t: FrozenTrial, record: TrialRecord) -> di
 
 
 def _compare(
-    study: optuna.Study,
     t: FrozenTrial,
     record: TrialRecord,
-    cfg: TrainConfig,
-    result: TrainResult,
+    outcome: Outcome,
     tolerance: float,
+    trainable: Trainable,
+    config: dict[str, Any],
+    fixed: dict[str, Any],
+    objective: ObjectiveSpec,
 ) -> list[Row]:
     """Every evaluation, the final metrics, the steps and the trial's value, side by side."""
     rows: list[Row] = []
@@ -201,19 +217,20 @@ def _compare(
     def compare(what: str, stored: Any, replayed: Any) -> None:
         rows.append(Row(what, stored, replayed, _close(stored, replayed, tolerance)))
 
-    metric = study.user_attrs.get("hpo.spec", {}).get("objective", {}).get("metric", "val/loss")
-    # a trial reports at the study's fixed-shape step with as many tokens seen (hpo.budget)
-    spec = study.user_attrs.get("hpo.spec")
-    base = StudySpec(**spec).train_config(study.user_attrs.get("hpo.sets", {})) if spec else cfg
-    replayed = {resource(row["step"], cfg, base): row[metric] for row in result.history}
+    metric = objective.metric
+    # a trial reports at the step its trainable says it counts as (hpo.gpt: the study's
+    # fixed-shape step with as many tokens seen)
+    replayed = {
+        trainable.resource(row["step"], config, fixed): row[metric] for row in outcome.history
+    }
     for step in sorted(set(t.intermediate_values) | set(replayed)):
         compare(f"{metric} @ step {step}", t.intermediate_values.get(step), replayed.get(step))
-    for key in sorted(set(record.metrics) | set(result.metrics)):
+    for key in sorted(set(record.metrics) | set(outcome.metrics)):
         if not key.startswith(UNCOMPARED):
-            compare(f"final {key}", record.metrics.get(key), result.metrics.get(key))
-    compare("steps", record.steps, result.steps)
+            compare(f"final {key}", record.metrics.get(key), outcome.metrics.get(key))
+    compare("steps", record.steps, outcome.steps)
     if t.state == TrialState.COMPLETE and replayed:
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        pick = min if objective.minimize else max
         compare("trial value", t.value, pick(replayed.values()))
     return rows
 
@@ -238,23 +255,57 @@ def replay_main(args: argparse.Namespace) -> int:
     study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
     try:
         rep = replay_trial(study, args.replay, device=args.device, tolerance=args.tolerance)
-    except UsageError:
-        raise  # bad input takes the commands' error path: one line, exit code 2
-    except TrainerError as e:  # the replay diverged or ran out of memory: not what was stored
+    except ReplayFailed as e:  # diverged, out of memory, an exception: not what was stored
         print(f"MISMATCH: the replay failed: {e}", file=sys.stderr)
         return 1
     print("\n".join(rep.lines()))
     return 0 if rep.matches else 1
 
 
-def _train(cfg: TrainConfig, report: Any, threads: int):
-    """Train with the trial's thread count and deterministic mode, then put both back."""
+class ReplayFailed(Exception):
+    """The replayed run ended in an error the trial did not."""
+
+
+class _StopAt(Sink):
+    """Stops the replay where the trial stopped (a pruned trial: where the pruner stopped it)."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def report(self, run: Run, step: int, metrics: dict[str, float]) -> None:
+        if self.step is not None and step >= self.step:
+            raise StopTrial("replayed")
+
+
+def _train(
+    trainable: Trainable,
+    config: dict[str, Any],
+    objective: ObjectiveSpec,
+    stop_at: int | None,
+    threads: int,
+    deterministic: bool,
+) -> Outcome:
+    """Run the trainable with the trial's thread count and deterministic mode, then put both
+    back."""
     previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
     try:
-        return train(cfg, report=report)
-    except UsageError as e:  # e.g. the corpus file is gone
+        with tempfile.TemporaryDirectory(prefix="hpo-replay-") as folder:
+            run = Run(
+                config,
+                metric=objective.metric,
+                minimize=objective.minimize,
+                checkpoint_dir=folder,
+                sink=_StopAt(stop_at),
+            )
+            return execute(trainable, run)
+    except InvalidConfig as e:  # e.g. the corpus file is gone
         raise HPOError(f"cannot replay: {e}") from None
+    except HPOError:
+        raise
+    except Exception as e:
+        raise ReplayFailed(error_line(e)) from e
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])

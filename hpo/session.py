@@ -45,10 +45,13 @@ from hpo.storage import (
     storage_failure,
     storage_url,
 )
-from hpo.study_spec import NoiseSpec, StudySpec, baseline_params, load_study_spec
+from hpo.study_spec import NoiseSpec, StudySpec, baseline_params, check_spec, load_study_spec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracking_from_study
+from hpo.trainable import importable
 from hpo.work import supervise
-from trainers import parse_sets, preflight
+from trainers import parse_sets
+
+TRAINING_SPLITS = ("train", "val")  # what tuning reads; hpo.validate adds "test"
 
 log = logging.getLogger(__name__)
 WAIT_POLL_S = 2.0
@@ -59,6 +62,7 @@ class RunRequest:
     """What a user asks `hpo.run` for (every field has the meaning of its flag)."""
 
     study: str = "lr_sweep"  # a shipped study's name, or a YAML path
+    spec: StudySpec | None = None  # the study itself, instead of a file (hpo.tune)
     study_name: str | None = None  # the name in the storage (default: the study's)
     trials: int | None = None  # the total to reach (default: the study's)
     timeout: float | None = None
@@ -111,17 +115,32 @@ def load_request(request: RunRequest) -> Checked:
         raise HPOError(f"--trials must be at least 1, but got {request.trials}")
     if request.seed is not None and not 0 <= request.seed < 2**32:
         raise HPOError(f"--seed must be in [0, 2**32), but got {request.seed}")
-    spec = with_noise(
-        load_study_spec(request.study, sets=sets), request.noise_seeds, request.stop_below_noise
-    )
-    # the corpus, the context and the device, as every trial will use them: a problem here is
-    # the user's to fix, and is reported before the study is created
-    cfg = spec.train_config(sets)
-    preflight(cfg, device=request.check_device)
+    if request.spec is not None:
+        spec = request.spec
+        check_spec(spec, spec.path or spec.name, sets)
+    else:
+        spec = load_study_spec(request.study, sets=sets)
+    spec = with_noise(spec, request.noise_seeds, request.stop_below_noise)
+    # the data and the device, as every trial will use them: a problem here is the user's to
+    # fix, and is reported before the study is created
+    config = spec.fixed_config(sets)
+    spec.trainable().preflight(config, splits=TRAINING_SPLITS, device=request.check_device)
     n_workers, placement = place_workers(
-        workers=request.workers, trials_per_gpu=request.trials_per_gpu, device=cfg.train.device
+        workers=request.workers, trials_per_gpu=request.trials_per_gpu, device=_device(config)
     )
+    local = [name for name in (spec.entry, *spec.search_space) if not importable(name)]
+    if n_workers > 1 and local:
+        raise HPOError(
+            f"--workers {n_workers}: worker processes cannot import {local[0]!r} (a function "
+            "defined in a notebook or a script run as __main__); move it into a module, or "
+            "run one worker"
+        )
     return Checked(spec, sets, n_workers, placement)
+
+
+def _device(config: dict[str, Any]) -> str:
+    """The device the trainer is told to use (train.device), "auto" when it says none."""
+    return str(config.get("train.device", "auto"))
 
 
 def with_noise(spec: StudySpec, seeds: int | None, stop: bool | None) -> StudySpec:
@@ -211,10 +230,11 @@ def join_study(request: JoinRequest) -> tuple[optuna.Study, WorkerPlan]:
             "start it with python -m hpo.run first"
         )
     spec, sets = StudySpec(**attrs["hpo.spec"]), attrs.get("hpo.sets", {})
-    cfg = spec.train_config(sets)
-    preflight(cfg)  # this machine: its device, its copy of the corpus
+    config = spec.fixed_config(sets)
+    # this machine: its device, its copy of the data
+    spec.trainable().preflight(config, splits=TRAINING_SPLITS)
     n_workers, placement = place_workers(
-        workers=request.workers, trials_per_gpu=request.trials_per_gpu, device=cfg.train.device
+        workers=request.workers, trials_per_gpu=request.trials_per_gpu, device=_device(config)
     )
     search = {"sampler": "tpe", "pruner": "hyperband", "seed": 0, **attrs.get("hpo.search", {})}
     url = storage_url(request.storage)

@@ -11,7 +11,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.study_spec import StudySpec
-from trainers import TrainConfig
+from hpo.trainable import steps_of
 
 
 def make_sampler(
@@ -51,13 +51,15 @@ def make_sampler(
     raise ValueError(f"unknown sampler {name=}")
 
 
-def make_pruner(spec: StudySpec, *, name: str, cfg: TrainConfig) -> optuna.pruners.BasePruner:
-    """Resources are training steps: one evaluation interval at least, max_steps at most."""
-    min_resource = spec.min_resource(cfg)
+def make_pruner(spec: StudySpec, *, name: str, config: dict[str, Any]) -> optuna.pruners.BasePruner:
+    """Resources are training steps: one evaluation interval at least, max_steps at most
+    (Optuna's "auto" where the fixed config does not say them)."""
+    min_resource = spec.min_resource(config) or "auto"
+    max_steps = steps_of(config)[0] or "auto"
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=min_resource,
-            max_resource=cfg.train.max_steps,
+            max_resource=max_steps,
             reduction_factor=spec.pruner.reduction_factor,
         )
     if name == "sha":
@@ -66,7 +68,8 @@ def make_pruner(spec: StudySpec, *, name: str, cfg: TrainConfig) -> optuna.prune
         )
     if name == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.pruner.n_startup_trials, n_warmup_steps=min_resource
+            n_startup_trials=spec.pruner.n_startup_trials,
+            n_warmup_steps=0 if min_resource == "auto" else min_resource,
         )
     if name == "none":
         return optuna.pruners.NopPruner()

@@ -1,23 +1,25 @@
 """Studies are data: a YAML file validated against this schema, which rejects unknown keys.
 
     description: what the study is for
-    objective: {metric: val/loss, direction: minimize}
+    objective: {metric: val/loss, direction: minimize}    # any {split}/{name} a trainer reports
     trials: 100                      # default total; --trials overrides
-    search_space: {optimizer: {lr: [1.0e-4, 1.0e-2]}, schedule: {}}
-    trainer: {data.corpus: stdlib, train.max_steps: 600}    # fixed settings (dotted keys)
+    search_space: {optimizer: {lr: [1.0e-4, 1.0e-2]}, schedule: {}}   # or "mypkg.space:suggest"
+    trainer: {entry: mypkg.train:train, train.max_steps: 600}   # its fixed settings (dotted)
     sampler: {name: tpe, n_startup_trials: 10}
     pruner: {name: hyperband, reduction_factor: 3}
     baseline: {optim.lr: 1.0e-3}      # what hpo.validate compares the winner against
     noise: {seeds: 2, max_share: 0.15, stop_below_noise: true}   # optional: hpo.noise
 
-`load_study_spec` finds the file, parses and checks everything a run will need (every config
-key, every search-space bound, by dry-running the spaces in memory) before anything is stored.
+`trainer.entry` names the training function ("module:function", hpo.trainable); without it the
+study trains the built-in GPT (hpo.gpt). `load_study_spec` finds the file, parses and checks
+everything a run will need (the entry imports and takes (config, run), every config key, every
+search-space bound, by dry-running the spaces in memory) before anything is stored.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -27,16 +29,24 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-import search_spaces
+from hpo import space
 from hpo.errors import HPOError
-from trainers import TrainConfig, UsageError
+from hpo.trainable import (
+    BUILTIN_ENTRY,
+    SEED_KEY,
+    Trainable,
+    load_trainable,
+    parse_value,
+    steps_of,
+)
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNERS = ("hyperband", "sha", "median", "none")
 SCHEDULERS = ("asha", "hyperband", "median", "fifo", "pbt", "pb2")  # --backend ray
-METRICS = ("val/loss", "val/bpb")
+METRIC = re.compile(r"^[A-Za-z0-9_.-]+/\S+$")  # {split}/{name}: val/loss, val/f1_macro
 TRACKERS = ("none", "wandb", "mlflow")  # --tracking, the `tracking:` key
+ENTRY = "entry"  # the key of `trainer:` that names the training function
 
 
 class _Strict(BaseModel):
@@ -44,8 +54,24 @@ class _Strict(BaseModel):
 
 
 class ObjectiveSpec(_Strict):
-    metric: Literal[METRICS] = "val/loss"  # type: ignore[valid-type]
+    metric: str = "val/loss"  # what the trainer reports at each evaluation: {split}/{name}
     direction: Literal["minimize", "maximize"] = "minimize"
+
+    @pydantic.field_validator("metric")
+    @classmethod
+    def _split_and_name(cls, metric: str) -> str:
+        if not METRIC.match(metric):
+            raise ValueError(f"a metric is named {{split}}/{{name}} (val/accuracy), not {metric!r}")
+        if metric.startswith("test/"):
+            raise ValueError(
+                "the test split is hpo.validate's alone: tune on a validation metric (val/...)"
+            )
+        return metric
+
+    @property
+    def test_metric(self) -> str:
+        """The same metric on the test split: what hpo.validate compares."""
+        return "test/" + self.metric.split("/", 1)[1]
 
     @property
     def minimize(self) -> bool:
@@ -137,7 +163,7 @@ class StudySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     trials: int = Field(50, ge=1)
     search_space: dict[str, dict[str, Any] | None] = Field(min_length=1)
-    trainer: dict[str, Any] = {}
+    trainer: dict[str, Any] = {}  # `entry` (the training function) and fixed settings
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     baseline: dict[str, Any] | None = None  # None: no baseline, so hpo.validate refuses
@@ -147,17 +173,40 @@ class StudySpec(_Strict):
     name: str = ""  # filled from the file name
     path: str = ""
 
-    def min_resource(self, cfg: TrainConfig) -> int:
+    @property
+    def entry(self) -> str:
+        """The training function, "module:function" (hpo.trainable)."""
+        return str(self.trainer.get(ENTRY, BUILTIN_ENTRY))
+
+    def trainable(self) -> Trainable:
+        """The training function `entry` names (loaded afresh: a notebook may redefine it)."""
+        return load_trainable(self.entry)
+
+    def min_resource(self, config: dict[str, Any]) -> int | None:
         """The first rung of a pruner or scheduler, in steps: `pruner.min_evaluations`
-        evaluations (one unless set) unless `pruner.min_resource` says otherwise."""
-        return self.pruner.min_resource or self.pruner.min_evaluations * cfg.train.eval_interval
+        evaluations (one unless set) unless `pruner.min_resource` says otherwise; None when
+        neither is known (a trainer without train.eval_interval)."""
+        eval_interval = steps_of(config)[1]
+        if self.pruner.min_resource or eval_interval is None:
+            return self.pruner.min_resource
+        return self.pruner.min_evaluations * eval_interval
 
-    def train_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
-        """Defaults <- study.trainer <- --set (the fixed part of every trial's config)."""
-        return TrainConfig().with_overrides(self.trainer).with_overrides(sets or {})
+    def fixed_config(self, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults <- study.trainer <- --set: the fixed part of every trial's config."""
+        return self.config_with({}, sets=sets)
 
-    def baseline_config(self, sets: dict[str, Any] | None = None) -> TrainConfig:
-        return self.train_config().with_overrides(self.baseline or {}).with_overrides(sets or {})
+    def baseline_config(self, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.config_with(self.baseline or {}, sets=sets)
+
+    def config_with(
+        self, overrides: dict[str, Any], *, sets: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The trainable's defaults <- study.trainer <- `overrides` <- --set, resolved by the
+        trainable (ValueError for a bad key or value)."""
+        trainable = self.trainable()
+        fixed = {k: v for k, v in self.trainer.items() if k != ENTRY}
+        typed = {k: parse_value(v) if isinstance(v, str) else v for k, v in (sets or {}).items()}
+        return trainable.resolve({**(trainable.defaults() or {}), **fixed, **overrides, **typed})
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude={"path"})
@@ -202,22 +251,30 @@ def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudyS
         raise HPOError(
             f"{path}: a study must be a YAML mapping of keys, but got {type(raw).__name__}"
         )
+    spec = parse_spec(raw, name=path.stem, path=str(path))
+    check_spec(spec, str(path), sets)
+    return spec
+
+
+def parse_spec(raw: dict[str, Any], *, name: str, path: str = "") -> StudySpec:
+    """A study from its keys (a YAML file's, or hpo.tune's), validated by the schema: HPOError
+    naming the key (and `path`, or the study's name) with one line."""
+    where = path or name
     try:
-        spec = StudySpec(**raw, name=path.stem, path=str(path))
+        return StudySpec(**raw, name=name, path=path)
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             internal = ("name", "path") if len(err["loc"]) == 1 else ()  # filled in, not written
             valid = ", ".join(f for f in _fields_at(err["loc"][:-1]) if f not in internal)
-            raise HPOError(f"{path}: unknown key {key!r}; valid keys here: {valid}") from None
+            raise HPOError(f"{where}: unknown key {key!r}; valid keys here: {valid}") from None
         if err["type"] == "missing":
-            raise HPOError(f"{path}: missing required key {key!r}") from None
+            raise HPOError(f"{where}: missing required key {key!r}") from None
+        message = err["msg"].removeprefix("Value error, ")
         got = repr(err.get("input"))
         got = got if len(got) <= 80 else got[:77] + "..."  # never the whole study back
-        raise HPOError(f"{path}: {key}: {err['msg']}, but got {got}") from None
-    _check(spec, path, sets)
-    return spec
+        raise HPOError(f"{where}: {key}: {message}, but got {got}") from None
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -230,37 +287,56 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _check(spec: StudySpec, path: Path, sets: dict[str, Any] | None) -> None:
-    try:
-        spec.train_config()
-        spec.baseline_config()
-    except UsageError as e:
-        raise HPOError(f"{path}: {e}") from None
-    try:
-        base = spec.train_config(sets)
-        spec.baseline_config(sets)
-    except UsageError as e:
-        raise HPOError(f"--set: {e}") from None
+def check_spec(spec: StudySpec, where: str, sets: dict[str, Any] | None = None) -> None:
+    """Everything a run of `spec` will need, checked in memory: HPOError naming `where` (the
+    study's file) with one line. Nothing is stored."""
+    spec.trainable()  # it imports, and takes (config, run)
     for name, bounds in spec.search_space.items():
-        if name not in search_spaces.SPACES:
-            raise HPOError(
-                f"{path}: unknown search space {name!r}; valid: {', '.join(search_spaces.SPACES)}"
-            )
-        accepted = inspect.signature(search_spaces.SPACES[name]).parameters
+        accepted = space.bound_names(name)
         for bound in bounds or {}:
-            if bound not in accepted or bound == "trial":
-                valid = ", ".join(p for p in accepted if p != "trial")
-                raise HPOError(f"{path}: unknown bound {name}.{bound}; valid for {name}: {valid}")
-    # A --set on a key the space samples would have trained a value other than the trial's
-    # recorded one. (The study's own `trainer:` value of such a key stays meaningful: the
-    # baseline starts from it, and it is the shape hpo.budget scales the step budget from.)
+            if accepted is not None and bound not in accepted:
+                raise HPOError(
+                    f"{where}: unknown bound {name}.{bound}; valid for {name}: "
+                    f"{', '.join(accepted) or 'none'}"
+                )
+    try:
+        spec.fixed_config()
+        spec.baseline_config()
+    except ValueError as e:
+        raise HPOError(f"{where}: {e}") from None
+    try:
+        base = spec.fixed_config(sets)
+        spec.baseline_config(sets)
+    except ValueError as e:
+        raise HPOError(f"--set: {e}") from None
     try:
         owners = dry_run(spec, base).owners
-    except (ValueError, UsageError) as e:
-        raise HPOError(f"{path}: search_space: {e}") from None
+    except ValueError as e:
+        raise HPOError(f"{where}: search_space: {e}") from None
+    if spec.trainable().defaults() is None:
+        _refuse_unknown_keys(spec, owners, sets or {}, where)
+    # A --set on a key the space samples would have trained a value other than the trial's
+    # recorded one. (The study's own `trainer:` value of such a key stays meaningful: the
+    # baseline starts from it, and it is the shape hpo.gpt scales the step budget from.)
     _refuse_fixing_tuned_keys(owners, sets or {}, "--set")
     if spec.sampler.baseline_first:
         baseline_params(spec, sets)
+
+
+def _refuse_unknown_keys(
+    spec: StudySpec, owners: dict[str, str], sets: dict[str, Any], where: str
+) -> None:
+    """A trainer that declares no defaults reads the keys its study sets: a baseline or --set
+    key that neither its fixed settings nor its search space sets is a typo."""
+    known = {k for k in spec.trainer if k != ENTRY} | owners.keys() | {SEED_KEY}
+    for origin, keys in [(f"{where}: baseline", spec.baseline or {}), ("--set", sets)]:
+        for key in keys:
+            if key not in known:
+                device = " (--device sets it)" if key == "train.device" else ""
+                raise HPOError(
+                    f"{origin}: unknown config key {key!r}{device}: neither the study's trainer "
+                    f"settings nor its search space set it (known: {', '.join(sorted(known))})"
+                )
 
 
 def baseline_params(spec: StudySpec, sets: dict[str, Any] | None) -> dict[str, Any]:
@@ -269,7 +345,7 @@ def baseline_params(spec: StudySpec, sets: dict[str, Any] | None) -> dict[str, A
     if not spec.baseline:
         raise HPOError(f"{where}: the study has no baseline; add one or turn this off")
     try:
-        return search_spaces.params_for(spec.search_space, spec.baseline_config(sets).flat())
+        return space.params_for(spec.search_space, spec.baseline_config(sets))
     except ValueError as e:
         raise HPOError(
             f"{where}: the baseline is not a point of the search space ({e}); "
@@ -282,12 +358,12 @@ class DryRun(NamedTuple):
     distributions: dict[str, optuna.distributions.BaseDistribution]  # every parameter
 
 
-def dry_run(spec: StudySpec, base: TrainConfig | None = None, samples: int = 32) -> DryRun:
+def dry_run(spec: StudySpec, base: dict[str, Any] | None = None, samples: int = 32) -> DryRun:
     """Run the spaces in memory, enough times to visit their conditional branches: every bound
-    is checked and every sampled config must be one the trainer accepts (ValueError or
-    UsageError otherwise). Says which space sets each config key, and each parameter's
-    distribution."""
-    base = base or spec.train_config()
+    is checked and every sampled config must be one the trainer accepts (ValueError
+    otherwise). Says which space sets each config key, and each parameter's distribution."""
+    base = base if base is not None else spec.fixed_config()
+    trainable = spec.trainable()
     previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))  # no "study created"
     try:
@@ -297,10 +373,17 @@ def dry_run(spec: StudySpec, base: TrainConfig | None = None, samples: int = 32)
             trial = dry.ask()
             overrides: dict[str, Any] = {}
             for name, bounds in spec.search_space.items():
-                sampled = search_spaces.suggest(trial, {name: bounds})
+                try:
+                    sampled = space.suggest(trial, {name: bounds})
+                except HPOError:
+                    raise
+                except ValueError:  # a bad bound: the message names it
+                    raise
+                except Exception as e:  # a bug in a study's own space
+                    raise ValueError(f"{name}: {type(e).__name__}: {e}") from None
                 out.owners.update(dict.fromkeys(sampled, name))
                 overrides.update(sampled)
-            base.with_overrides(overrides)
+            trainable.resolve({**base, **overrides})
             out.distributions.update(trial.distributions)
             dry.tell(trial, 0.0)
         return out

@@ -2,9 +2,10 @@
 
 Tuning chose the winner on the validation split with one seed. This trains the winner (or the
 chosen trials) and the study's baseline with the same N seeds, paired (seed i gives both the
-same initialisation and data order), at full budget with no pruning, scores each on the whole
-test split at its best validation checkpoint, and says whether the difference is larger than
-seed-to-seed noise. Each finished seed is stored in the study at once: a killed run resumes
+same initialisation and data order), at full budget with no pruning, has the trainable score
+each on the test split at its best validation checkpoint (run.scores_test, hpo.seam), and says
+whether the difference in the objective's test metric is larger than seed-to-seed noise, in
+the study's direction. Each finished seed is stored in the study at once: a killed run resumes
 without training a finished seed again.
 """
 
@@ -25,18 +26,20 @@ import torch
 from optuna.trial import FixedTrial, TrialState
 from tqdm.auto import tqdm
 
-import search_spaces
-from hpo import noise
-from hpo.errors import HPOError
+from hpo import noise, space
+from hpo.errors import HPOError, StudyFailedError
 from hpo.flags import add_storage_flag, add_study_flags, stored_name
+from hpo.manifest import manifest_config
+from hpo.objective import error_line
 from hpo.record import TrialRecord
+from hpo.seam import ContractError, Run, Sink, execute
 from hpo.sequential import look, looks
 from hpo.stats import ADVISED_PAIRS, MIN_PAIRS, smallest_p
 from hpo.storage import load_existing_study, runs_dir
 from hpo.study_spec import TRACKERS, StudySpec
-from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracker_for
-from hpo.validation_report import ATTR, differences, report, write_report
-from trainers import TrainConfig, preflight, score_checkpoint, train
+from hpo.tracking import Tracker, Tracking, make_tracker, resolve_tracking, tracker_for
+from hpo.trainable import importable, load_trainable, nest
+from hpo.validation_report import ATTR, differences, report, test_metric, write_report
 from trainers.cli import run_cli
 
 SEED_BASE = 1000  # validation seeds are 1000, 1001, ...: never the tuning seed
@@ -50,12 +53,16 @@ class Job:
     seed: int
     key: str  # study user attr that holds the result
     workdir: str
+    entry: str  # the trainable (hpo.trainable)
+    metric: str  # the study's objective, and its direction
+    minimize: bool
     tracking: Tracking = field(default_factory=Tracking)  # W&B / MLflow run per (config, seed)
+    legacy_key: str = ""  # where hpo stored it before the seam (by the grouped config's digest)
 
 
 def configs_to_validate(
     study: optuna.Study, *, trial: int | None, top_k: int | None
-) -> dict[str, TrainConfig]:
+) -> dict[str, dict[str, Any]]:
     """{label: config} for the chosen trials and the baseline. Raises HPOError when there is
     nothing to compare.
 
@@ -90,41 +97,61 @@ def configs_to_validate(
     return configs
 
 
-def trial_config(t: optuna.trial.FrozenTrial, spec: StudySpec, sets: dict[str, Any]) -> TrainConfig:
+def trial_config(
+    t: optuna.trial.FrozenTrial, spec: StudySpec, sets: dict[str, Any]
+) -> dict[str, Any]:
     """The config the trial trained: from its manifest, or rebuilt from its parameters."""
     manifest = TrialRecord.of(t).manifest
     if manifest is not None:
-        return TrainConfig.from_dict(manifest["config"])
-    overrides = search_spaces.suggest(FixedTrial(t.params, t.number), spec.search_space)
-    return spec.train_config().with_overrides(overrides).with_overrides(sets)
+        return manifest_config(manifest)
+    overrides = space.suggest(FixedTrial(t.params, t.number), spec.search_space)
+    fixed = spec.fixed_config(sets)
+    return spec.trainable().budget(spec.config_with(overrides, sets=sets), fixed)
 
 
-def seeded(cfg: TrainConfig, seed: int) -> TrainConfig:
-    """Seed i: the same initialisation, data order and dropout stream for every config."""
-    return cfg.with_overrides({"train.seed": seed, "data.seed": None, "train.dropout_seed": None})
+class _TrackerSink(Sink):
+    """A validation seed's reports go to its tracker run only: nothing prunes it."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def report(self, run: Run, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log(step, metrics)
 
 
 def run_job(job: Job) -> tuple[str, dict[str, Any]]:
-    """Train one (config, seed) to the end and score its best checkpoint on the test split."""
-    cfg = TrainConfig.from_dict(job.config)
+    """Train one (config, seed) to the end and have it score its best checkpoint on the test
+    split; the row holds every val/ metric of its best report and every test/ metric."""
+    trainable = load_trainable(job.entry)
     workdir = Path(job.workdir)
     tracker = tracker_for(job.tracking)
     meta = {"study": job.tracking.study, "label": job.label, "seed": job.seed}
-    with tracker.run(f"{job.label}_seed{job.seed}", config=job.config, kind="validate", meta=meta):
-        # resumes a seed killed mid-training
-        result = train(cfg, checkpoint_dir=workdir, report=tracker.log)
-        scores = score_checkpoint(cfg, workdir / "best.pt", split="test")
-        tracker.summarize({**scores, "best/val/loss": result.best_val_loss})
+    name = f"{job.label}_seed{job.seed}"
+    with tracker.run(name, config=nest(job.config), kind="validate", meta=meta):
+        run = Run(
+            job.config,
+            metric=job.metric,
+            minimize=job.minimize,
+            checkpoint_dir=workdir,  # a seed killed mid-training resumes from it
+            sink=_TrackerSink(tracker),
+            scores_test=True,
+        )
+        try:
+            outcome = execute(trainable, run)
+        except (KeyboardInterrupt, ContractError):
+            raise
+        except Exception as e:  # diverged, out of memory, the function's own exception
+            raise StudyFailedError(f"{name} failed: {error_line(e)}") from e
+        tracker.summarize({**outcome.test_metrics, f"best/{job.metric}": outcome.best_value})
     shutil.rmtree(workdir, ignore_errors=True)
+    best = next(row for row in outcome.history if row["step"] == outcome.best_step)
     return job.key, {
         "seed": job.seed,
-        "val/loss": result.best_val_loss,
-        # bits per byte is loss scaled by a constant of the split: best at the same evaluation
-        "val/bpb": min(row["val/bpb"] for row in result.history),
-        **scores,
-        "best_step": result.best_step,
-        "steps": result.steps,
-        "wall_time_s": round(result.wall_time_s, 2),
+        **{k: v for k, v in best.items() if k.startswith("val/")},
+        **outcome.test_metrics,
+        "best_step": outcome.best_step,
+        "steps": outcome.steps,
+        "wall_time_s": round(outcome.wall_time_s, 2),
     }
 
 
@@ -134,7 +161,7 @@ def _init_worker(threads: int) -> None:
 
 def validate(
     study: optuna.Study,
-    configs: dict[str, TrainConfig],
+    configs: dict[str, dict[str, Any]],
     *,
     seeds: int,
     workers: int,
@@ -147,9 +174,11 @@ def validate(
     up to `seeds` and it stops at the first look of hpo.sequential that decides; the rows are
     those of the seeds up to that look."""
     rounds = looks(seeds) if sequential and len(configs) == 2 else [seeds]
+    metric = test_metric(study)
     jobs = _jobs(study, configs, seeds, tracking)
     stored = study.user_attrs
-    results = {j.key: stored[j.key] for j in jobs if j.key in stored}
+    results = {j.key: stored.get(j.key, stored.get(j.legacy_key)) for j in jobs}
+    results = {key: result for key, result in results.items() if result is not None}
     bar = tqdm(
         total=len(jobs),
         initial=len(results),
@@ -182,7 +211,7 @@ def validate(
             per_config = {
                 label: [results[j.key] for j in upto if j.label == label] for label in configs
             }
-            if len(rounds) > 1 and look(differences(per_config), seeds).decided:
+            if len(rounds) > 1 and look(differences(per_config, metric), seeds).decided:
                 bar.total = len(upto)  # settled: the rest of the seeds are not needed
                 bar.refresh()
                 break
@@ -195,25 +224,40 @@ def validate(
 
 def _jobs(
     study: optuna.Study,
-    configs: dict[str, TrainConfig],
+    configs: dict[str, dict[str, Any]],
     seeds: int,
     tracking: Tracking | None = None,
 ) -> list[Job]:
     """One job per (config, seed), by seed within each config; its key names the stored result
     by the seeded config's digest, so a changed config is never mistaken for a stored one."""
+    spec = StudySpec(**study.user_attrs["hpo.spec"])
+    trainable = spec.trainable()
     root = runs_dir() / study.study_name / "validate"
     jobs = []
-    for label, cfg in configs.items():
+    for label, config in configs.items():
         for i in range(seeds):
-            c = seeded(cfg, SEED_BASE + i)
-            blob = json.dumps(c.to_dict(), sort_keys=True).encode()
-            digest = hashlib.sha256(blob).hexdigest()[:10]
-            workdir = str(root / "work" / f"{label}_{digest}")
-            key = f"{ATTR}.{label}.{digest}"
+            c = trainable.seeded(config, SEED_BASE + i)
+            digest = _digest(c)
             jobs.append(
-                Job(label, c.to_dict(), SEED_BASE + i, key, workdir, tracking or Tracking())
+                Job(
+                    label,
+                    c,
+                    SEED_BASE + i,
+                    key=f"{ATTR}.{label}.{digest}",
+                    workdir=str(root / "work" / f"{label}_{digest}"),
+                    entry=spec.entry,
+                    metric=spec.objective.metric,
+                    minimize=spec.objective.minimize,
+                    tracking=tracking or Tracking(),
+                    # grouped as configs were before the seam: seeds stored then still count
+                    legacy_key=f"{ATTR}.{label}.{_digest(nest(c))}",
+                )
             )
     return jobs
+
+
+def _digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,65 +298,118 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True)
+class ValidateRequest:
+    """What `hpo.validate` (or hpo.validate_winner) is asked for: each field means its flag."""
+
+    study: str | None = None  # None: the study run last on this machine
+    study_name: str | None = None
+    storage: str | None = None
+    seeds: int = 10
+    fixed_seeds: bool = False
+    trial: int | None = None
+    top_k: int | None = None
+    workers: int = 1
+    progress: bool = True
+    tracking: str | None = None
+    tracking_uri: str | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    request = ValidateRequest(
+        study=args.study,
+        study_name=args.study_name,
+        storage=args.storage,
+        seeds=args.seeds,
+        fixed_seeds=args.fixed_seeds,
+        trial=args.trial,
+        top_k=args.top_k,
+        workers=args.workers,
+        progress=not args.no_progress,
+        tracking=args.tracking,
+        tracking_uri=args.tracking_uri,
+    )
     interrupted = "interrupted: finished seeds are stored; rerun the same command to continue"
-    return run_cli(lambda: _validate(args), interrupted=interrupted)
+    return run_cli(lambda: _validate(request), interrupted=interrupted)
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _validate(request: ValidateRequest) -> int:
+    validate_study(request)
+    return 0
+
+
+def validate_study(request: ValidateRequest, study: optuna.Study | None = None) -> dict:
+    """Validate the study's winner (`study`, or the one the request names): train, score,
+    report (files, the study's note, printed). Returns the report. HPOError for bad input."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.seeds < 2:
+    if request.seeds < 2:
         raise HPOError(
-            f"--seeds must be at least 2 to measure seed-to-seed noise, but got {args.seeds}"
+            f"--seeds must be at least 2 to measure seed-to-seed noise, but got {request.seeds}"
         )
-    if args.workers < 1 or (args.top_k is not None and args.top_k < 1):
+    if request.workers < 1 or (request.top_k is not None and request.top_k < 1):
         raise HPOError("--workers and --top-k must be at least 1")
-    study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
-    configs = configs_to_validate(study, trial=args.trial, top_k=args.top_k)
-    for cfg in configs.values():  # every split, the test split included, before training
-        preflight(cfg, needed=("train", "val", "test"))
-    tracker = make_tracker(_tracking(study, args))  # a failure warns once; goes on untracked
+    if study is None:
+        name = stored_name(request.study, request.study_name)
+        study = load_existing_study(name, request.storage)
+    configs = configs_to_validate(study, trial=request.trial, top_k=request.top_k)
+    spec = StudySpec(**study.user_attrs["hpo.spec"])
+    trainable = spec.trainable()
+    if request.workers > 1 and not importable(spec.entry):
+        raise HPOError(
+            f"--workers {request.workers}: worker processes cannot import {spec.entry!r} (a "
+            "function defined in a notebook or a script run as __main__); use one worker"
+        )
+    for config in configs.values():  # every split, the test split included, before training
+        trainable.preflight(config, splits=("train", "val", "test"))
+    tracker = make_tracker(_tracking(study, request))  # a failure warns once; goes on untracked
     tracking = tracker.open_study(study, study.user_attrs.get("hpo.manifest", {})) or Tracking()
-    if args.seeds < MIN_PAIRS:
+    seeds = request.seeds
+    if seeds < MIN_PAIRS:
         print(
-            f"warning: {args.seeds} paired seeds can never show a difference beyond seed-to-seed "
-            f"noise (the smallest permutation p they can give is {smallest_p(args.seeds):.3g}); "
+            f"warning: {seeds} paired seeds can never show a difference beyond seed-to-seed "
+            f"noise (the smallest permutation p they can give is {smallest_p(seeds):.3g}); "
             f"use {MIN_PAIRS} or more, {ADVISED_PAIRS} advised",
             file=sys.stderr,
         )
-    sequential = not args.fixed_seeds and len(looks(args.seeds)) > 1
+    sequential = not request.fixed_seeds and len(looks(seeds)) > 1
     if sequential and len(configs) > 2:
         print(
             f"note: seeds stop early only when one config is compared with the baseline; "
-            f"with {len(configs) - 1} configs all {args.seeds} seeds are run",
+            f"with {len(configs) - 1} configs all {seeds} seeds are run",
             file=sys.stderr,
         )
         sequential = False
     per_config = validate(
         study,
         configs,
-        seeds=args.seeds,
-        workers=args.workers,
-        progress=not args.no_progress,
+        seeds=seeds,
+        workers=request.workers,
+        progress=request.progress,
         tracking=tracking,
         sequential=sequential,
     )
-    rep = report(study, per_config, configs, max_seeds=args.seeds if sequential else None)
+    rep = report(
+        study,
+        per_config,
+        configs,
+        max_seeds=seeds if sequential else None,
+        pairing_keys=trainable.pairing_keys(),
+    )
     out = write_report(study, rep, per_config)
     print(f"report in {out}; attached to study {study.study_name!r}", file=sys.stderr)
     where = tracker.close_study(study)
     if where:
         print(where, file=sys.stderr)
-    return 0
+    return rep
 
 
-def _tracking(study: optuna.Study, args: argparse.Namespace) -> Tracking:
+def _tracking(study: optuna.Study, request: ValidateRequest) -> Tracking:
     """--tracking, else the study's own tracking settings."""
     spec_tracking = study.user_attrs["hpo.spec"].get("tracking") or {}
     return resolve_tracking(
-        args.tracking or spec_tracking.get("backend"),
-        uri=args.tracking_uri or spec_tracking.get("uri"),
+        request.tracking or spec_tracking.get("backend"),
+        uri=request.tracking_uri or spec_tracking.get("uri"),
         project=spec_tracking.get("project"),
         study=study.study_name,
     )

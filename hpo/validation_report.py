@@ -13,46 +13,49 @@ from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.sequential import look, looks
 from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
 from hpo.storage import runs_dir
-from trainers import TrainConfig
+from hpo.study_spec import ObjectiveSpec
 
 ATTR = "hpo.validate"
-# a seed gives two configs the same initial weights and batches only when these match
-PAIRING_KEYS = (
-    *("model.family", "model.n_layer", "model.n_head", "model.n_embd", "model.block_size"),
-    *("model.bias", "model.hf_config", "train.batch_size"),
-)
+
+
+def test_metric(study: optuna.Study) -> str:
+    """What the seeds are compared on: the objective's metric on the test split."""
+    return ObjectiveSpec(**study.user_attrs["hpo.spec"]["objective"]).test_metric
 
 
 def report(
     study: optuna.Study,
     per_config: dict[str, list[dict]],
-    configs: dict[str, TrainConfig] | None = None,
+    configs: dict[str, dict[str, Any]] | None = None,
     *,
     max_seeds: int | None = None,
+    pairing_keys: tuple[str, ...] = (),
 ) -> dict:
-    """The statistics, verdicts and winner's optimism of each config against the baseline.
-    With max_seeds (a sequential validation of one config, hpo.sequential), the verdict reads
-    the boundary of the look where the seeds stopped."""
+    """The statistics, verdicts and winner's optimism of each config against the baseline, in
+    the objective's metric on the test split, its direction followed. With max_seeds (a
+    sequential validation of one config, hpo.sequential), the verdict reads the boundary of the
+    look where the seeds stopped. `pairing_keys`: the trainable's (hpo.trainable)."""
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     metric = study.user_attrs["hpo.spec"]["objective"]["metric"]  # what the trials' values are
+    test = test_metric(study)
     base = per_config["baseline"]
     out: dict[str, Any] = {
         "study": study.study_name,
         "seeds": len(base),
+        "metric": test,
         "configs": {},
         "comparisons": {},
     }
     for label, rows in per_config.items():
+        names = sorted({m for r in rows for m in r if m.startswith(("test/", "val/"))})
         out["configs"][label] = {
             m: summarize([r[m] for r in rows])
-            for m in ("test/loss", "test/bpb", "val/loss", "val/bpb")
+            for m in names
             if all(m in r for r in rows)  # seeds stored by older versions lack val/bpb
         }
     labels = [label for label in per_config if label != "baseline"]
     for label in labels:
-        cmp = compare_paired(
-            [r["test/loss"] for r in per_config[label]], [r["test/loss"] for r in base]
-        )
+        cmp = compare_paired([r[test] for r in per_config[label]], [r[test] for r in base])
         number = int(label.removeprefix("trial_"))
         # the trial's value is in the study's metric: compare it with that metric's mean
         tuned = study.trials[number].value
@@ -61,7 +64,7 @@ def report(
         cmp["multi_seed_value"] = out["configs"][label][metric]["mean"]
         cmp["winners_optimism"] = cmp["multi_seed_value"] - tuned
         if configs is not None:
-            cmp["unpaired"] = unpaired_keys(configs[label], configs["baseline"])
+            cmp["unpaired"] = unpaired_keys(configs[label], configs["baseline"], pairing_keys)
         out["comparisons"][label] = cmp
     # the verdict reads the BH-adjusted p: with --top-k K, K comparisons share one baseline
     comparisons = [out["comparisons"][x] for x in labels]
@@ -70,21 +73,23 @@ def report(
     ):
         cmp["p_adjusted"] = p
         if max_seeds is not None:
-            cmp["sequential"] = sequential_summary(cmp["n"], max_seeds, per_config)
+            cmp["sequential"] = sequential_summary(cmp["n"], max_seeds, per_config, test)
         cmp["verdict"] = verdict(cmp, minimize=minimize)
     return out
 
 
-def differences(per_config: dict[str, list[dict]]) -> list[float]:
-    """The one comparison's test-loss differences, config minus baseline, seed by seed."""
+def differences(per_config: dict[str, list[dict]], metric: str) -> list[float]:
+    """The one comparison's differences in `metric`, config minus baseline, seed by seed."""
     (label,) = (k for k in per_config if k != "baseline")
     base = per_config["baseline"]
-    return [r["test/loss"] - b["test/loss"] for r, b in zip(per_config[label], base, strict=True)]
+    return [r[metric] - b[metric] for r, b in zip(per_config[label], base, strict=True)]
 
 
-def sequential_summary(n: int, max_seeds: int, per_config: dict[str, list[dict]]) -> dict:
+def sequential_summary(
+    n: int, max_seeds: int, per_config: dict[str, list[dict]], metric: str
+) -> dict:
     """Where the sequential test stopped: its looks, this look's boundary, settled early or not."""
-    at = look(differences(per_config), max_seeds)
+    at = look(differences(per_config, metric), max_seeds)
     return {
         "looks": looks(max_seeds),
         "max_seeds": max_seeds,
@@ -93,11 +98,10 @@ def sequential_summary(n: int, max_seeds: int, per_config: dict[str, list[dict]]
     }
 
 
-def unpaired_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+def unpaired_keys(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     """The settings that keep a shared seed from giving `a` and `b` the same initial weights
-    and batches."""
-    fa, fb = a.flat(), b.flat()
-    return [k for k in PAIRING_KEYS if fa[k] != fb[k]]
+    and batches (`keys`: the trainable's pairing keys)."""
+    return [k for k in keys if a.get(k) != b.get(k)]
 
 
 def markdown(rep: dict) -> str:
@@ -115,23 +119,25 @@ def markdown(rep: dict) -> str:
                 f"5%; `--fixed-seeds` runs all of them).",
                 "",
             ]
+    test = rep.get("metric", "test/loss")  # reports written before the seam compared loss
+    others = [m for m in next(iter(rep["configs"].values())) if m != test]
     lines += [
-        "| config | test loss (mean ± sd) | 95% t-interval | test bpb | val loss |",
-        "| --- | --- | --- | --- | --- |",
+        f"| config | {test} (mean ± sd) | 95% t-interval | {' | '.join(others)} |",
+        "| --- | --- | --- |" + " --- |" * len(others),
     ]
     for label, s in rep["configs"].items():
-        t = s["test/loss"]
+        t = s[test]
+        rest = " | ".join(f"{s[m]['mean']:.4f}" if m in s else "-" for m in others)
         lines.append(
             f"| {label} | {t['mean']:.4f} ± {t['std']:.4f} "
-            f"| [{t['ci_low']:.4f}, {t['ci_high']:.4f}] "
-            f"| {s['test/bpb']['mean']:.4f} | {s['val/loss']['mean']:.4f} |"
+            f"| [{t['ci_low']:.4f}, {t['ci_high']:.4f}] | {rest} |"
         )
     for label, c in rep["comparisons"].items():
         d_z = c.get("d_z", c["cohens_d"])  # reports written before d_z have only cohens_d
         effect = "n/a (constant differences)" if d_z is None else f"{d_z:+.2f}"
         lines += [
             "",
-            f"**{label} vs baseline**: test loss difference {c['mean_diff']:+.4f} "
+            f"**{label} vs baseline**: {test} difference {c['mean_diff']:+.4f} "
             f"(95% t-interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]), "
             f"permutation p = {c['p_value']:.4f} (BH-adjusted {c['p_adjusted']:.4f}), "
             f"d_z = {effect}: {c['verdict']}.",
@@ -148,7 +154,7 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(per_config: dict[str, list[dict]], path: Path) -> None:
+def plot(per_config: dict[str, list[dict]], path: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +162,7 @@ def plot(per_config: dict[str, list[dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, rows in enumerate(per_config.values()):
-        values = [r["test/loss"] for r in rows]
+        values = [r[metric] for r in rows]
         s = summarize(values)
         ax.scatter([i] * len(values), values, alpha=0.6)
         ax.errorbar(
@@ -168,8 +174,8 @@ def plot(per_config: dict[str, list[dict]], path: Path) -> None:
             capsize=5,
         )
     ax.set_xticks(range(len(per_config)), list(per_config))
-    ax.set_ylabel("test loss (nats/token)")
-    ax.set_title("Per-seed test loss, mean and 95% t-interval")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Per-seed {metric}, mean and 95% t-interval")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -195,7 +201,7 @@ def write_report(study: optuna.Study, rep: dict, per_config: dict[str, list[dict
     text = markdown(rep)
     (out / "validation.json").write_text(json.dumps(rep, indent=2))
     (out / "validation.md").write_text(text)
-    plot(per_config, out / "validation.png")
+    plot(per_config, out / "validation.png", rep["metric"])
     attach(study, rep, out)
     print(text)
     return out

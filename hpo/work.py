@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpo.errors import StudyFailedError
-from hpo.objective import COUNTED, IN_PLAY, Objective, SurplusTrialError
+from hpo.objective import COUNTED, IN_PLAY, Objective, SurplusTrialError, TrialFailed
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress
 from hpo.record import DIVERGED, SURPLUS, TrialRecord
@@ -36,7 +36,6 @@ from hpo.storage import (
 )
 from hpo.strategy import make_pruner, make_sampler
 from hpo.tracking import make_tracker
-from trainers import TrainerError
 from trainers.cli import INTERRUPTED, run_cli
 
 POLL_INTERVAL_S = 2.0
@@ -113,7 +112,7 @@ def work(plan: WorkerPlan, progress: Progress | None = None) -> None:
             continue
         if _count(study, IN_PLAY) < plan.target or _count(study, (TrialState.WAITING,)):
             # a trial's own failure is recorded on it; the worker goes on to the next one
-            catch = (TrainerError, SurplusTrialError)
+            catch = (TrialFailed, SurplusTrialError)
             study.optimize(objective, timeout=left, catch=catch, callbacks=[after_trial])
             streak.raise_if_hopeless()
             continue
@@ -170,7 +169,7 @@ def _open(plan: WorkerPlan) -> optuna.Study:
     study.sampler = make_sampler(
         spec, name=plan.sampler, seed=plan.seed, worker=plan.index, n_existing=len(study.trials)
     )
-    study.pruner = make_pruner(spec, name=plan.pruner, cfg=spec.train_config(plan.sets))
+    study.pruner = make_pruner(spec, name=plan.pruner, config=spec.fixed_config(plan.sets))
     return study
 
 

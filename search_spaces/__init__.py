@@ -52,8 +52,12 @@ BOUNDS: dict[str, Bound] = {
 }
 
 
+Suggest = Callable[[Any, dict[str, dict[str, Any]]], dict[str, Any]]
+
+
 def suggest(trial: optuna.Trial, spaces: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Compose the named spaces: {space name: bounds} -> one dict of config overrides."""
+    """Compose the named spaces: {space name: bounds} -> one dict of config overrides. (hpo
+    composes these with a study's own suggest functions: hpo.space.)"""
     overrides: dict[str, Any] = {}
     for name, bounds in spaces.items():
         if name not in SPACES:
@@ -62,12 +66,16 @@ def suggest(trial: optuna.Trial, spaces: dict[str, dict[str, Any]]) -> dict[str,
     return overrides
 
 
-def params_for(spaces: dict[str, dict[str, Any]], values: dict[str, Any]) -> dict[str, Any]:
-    """The parameters with which `suggest` sets every config key it sets to its value in
-    `values` (a config's `flat()`): how a known config, such as a study's baseline, is
-    enqueued as a trial. ValueError, saying which value, when the spaces cannot express it."""
+def params_for(
+    spaces: dict[str, dict[str, Any]], values: dict[str, Any], *, compose: Suggest = suggest
+) -> dict[str, Any]:
+    """The parameters with which `compose` (default: `suggest`) sets every config key it sets
+    to its value in `values` (a config's `flat()`): how a known config, such as a study's
+    baseline, is enqueued as a trial. ValueError, saying which value, when the spaces cannot
+    express it. A parameter that is not one of ours is the value of the config key it is named
+    after."""
     answers = _Answers(values)
-    overrides = suggest(answers, spaces)
+    overrides = compose(answers, spaces)
     for key, value in overrides.items():
         if not _same(value, values[key]):
             raise ValueError(f"{key}={values[key]!r} is not a value this search space can set")
@@ -81,6 +89,8 @@ class _Answers:
         self.values, self.params = values, {}
 
     def _answer(self, name: str) -> Any:
+        if name not in INVERSES and name not in self.values:
+            raise ValueError(f"no config value answers parameter {name!r}")
         value = INVERSES[name](self.values) if name in INVERSES else self.values[name]
         self.params[name] = value
         return value

@@ -4,6 +4,7 @@ stored read back, and waiting for things to happen. Fixtures live in conftest.py
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,24 @@ SMOKE_FAST = ["--set", "train.max_steps=30"]  # 3 evaluations: still prunable, t
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 # the commands that show a live progress bar unless told not to
 WITH_PROGRESS = ("hpo.run", "hpo.worker", "hpo.validate")
+
+
+def fake_study(folder: Path, name: str = "fake", **settings: Any) -> str:
+    """A study YAML of the tests' fake trainable (tests/fakes.py): trials in milliseconds,
+    accuracy maximized; `settings` add to or replace its trainer settings. Returns its path."""
+    trainer = {"entry": "tests.fakes:quadratic", "x": 0.5, "train.max_steps": 40}
+    trainer.update({"train.eval_interval": 10, **settings})
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        "description: the tests' fake trainable\n"
+        "objective: {metric: val/accuracy, direction: maximize}\n"
+        "search_space: {'tests.fakes:suggest': {}}\n"
+        f"trainer: {json.dumps(trainer)}\n"
+        "sampler: {name: tpe, n_startup_trials: 4}\n"
+        "pruner: {name: sha}\n"
+        "baseline: {x: 0.9}\n"
+    )
+    return str(path)
 
 
 def sets(*pairs: str) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -229,6 +230,7 @@ def _flatten(values: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+@functools.cache  # get_type_hints evaluates every annotation's string: once per class is enough
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -1,14 +1,14 @@
 """Run a study on Ray Tune: python -m hpo.run --study NAME --backend ray [--address auto]
 
-The same study, search space, trainer and storage as the Optuna backend. Ray places the trials on
+The same study, search space, trainable and storage as the Optuna backend. Ray places the trials on
 a cluster's CPUs and GPUs, decides which to stop early (ASHA, Hyperband, median stopping) or,
 with population-based training (PBT, PB2), which to copy and perturb, and retries a crashed trial
 from its last checkpoint.
 
     driver (this process)                                  workers (any node of the cluster)
     StudySearch = Ray's OptunaSearch on the study ───────► run_trial(config):
-      ask + search_spaces.suggest(trial) -> overrides        train(cfg, report=..., checkpoint_dir)
-    scheduler (ASHA, Hyperband, PBT...) ◄── each eval ────── tune.report(metrics, checkpoint)
+      ask + hpo.space.suggest(trial) -> overrides            train(config, run) (hpo.seam)
+    scheduler (ASHA, Hyperband, PBT...) ◄── each report ──── tune.report(metrics, checkpoint)
     Recorder (a Tune callback) ──► the Optuna storage: intermediate values, user attrs, state
 
 Only the driver writes to the storage: workers need neither the database nor its driver, and a
@@ -28,7 +28,7 @@ The files, in the order a run meets them:
     tuner.py       one Ray experiment: the Tuner's searcher, scheduler, resources, checkpoints
     search.py      trials' configs from the study's sampler and space (PBT: the population)
     schedulers.py  ASHA, Hyperband, median stopping, FIFO, and PBT/PB2 with their mutations
-    trainable.py   run_trial: what runs on the workers (train, report, checkpoint)
+    trainable.py   run_trial: what runs on the workers (the trainable, its reports to Tune)
     recorder.py    the driver's side: Ray's trial events written into the Optuna storage
     reevaluations.py  seed re-runs of the incumbent (hpo.noise) as Ray tasks between trials
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from hpo import noise
-from hpo.objective import IN_PLAY, clean_checkpoints
+from hpo.objective import clean_checkpoints
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
 from hpo.raytune.cluster import connect, disconnect
@@ -28,6 +28,7 @@ from hpo.raytune.reevaluations import noise_setup, reevaluations
 from hpo.raytune.trainable import TrialSetup, run_trial
 from hpo.raytune.tuner import new_tuner
 from hpo.record import INTERRUPTED, TrialRecord, update
+from hpo.seam import ContractError
 from hpo.session import RunRequest, banner, load_request, open_study
 from hpo.study_spec import StudySpec
 
@@ -114,6 +115,8 @@ def _tune(
             "restore the Ray experiment and continue",
             file=sys.stderr,
         )
+    if driver.contract is not None:
+        raise ContractError(driver.contract)
     return code
 
 
@@ -132,7 +135,10 @@ def _fit(args, spec, opts, study, plan, path, driver) -> int:
             tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()
             if _after_fit(driver, study, experiment):
                 return 130
-        remaining = plan.target - len(study.get_trials(deepcopy=False, states=IN_PLAY))
+        # a queued trial (the baseline of sampler.baseline_first, a crashed trial's retry) is
+        # one of those the searcher asks for: it takes the queue first
+        started = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        remaining = plan.target - len(study.get_trials(deepcopy=False, states=started))
         if remaining > 0:
             _remove_experiment(path)
             new_tuner(spec, opts, study, plan, trainable, experiment, remaining, args).fit()

@@ -14,6 +14,12 @@ from hpo.raytune.options import RayOptions
 
 PASS_ENV = ("HPO_CACHE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # to workers
 CONNECT_TIMEOUT_S = 5.0
+# The head's proxy starts a Ray Client server per connection; on a loaded machine that server
+# has died at start-up (its gRPC poller: "epoll_wait error: Bad file descriptor", seen twice in
+# CI) and the next connection's server started fine: one more try, then the error stands.
+CLIENT_ATTEMPTS = 2
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+log = logging.getLogger(__name__)
 
 
 def connect(opts: RayOptions) -> tuple[float, float]:
@@ -44,13 +50,7 @@ def connect(opts: RayOptions) -> tuple[float, float]:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     init_start = time.time()
     try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            logging_config=ray.LoggingConfig(log_level="WARNING"),  # workers: no line per report
-            runtime_env={"env_vars": env},
-        )
+        _init(address, env)
     except ConnectionError as e:
         # a cluster with token auth (RAY_AUTH_MODE=token) makes an unauthenticated Ray Client
         # wait for a reply that never comes: the error is a plain timeout
@@ -68,6 +68,26 @@ def connect(opts: RayOptions) -> tuple[float, float]:
         have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
         raise HPOError(f"no node of the Ray cluster has {need} for a trial (nodes: {have})")
     return init_start, init_end
+
+
+def _init(address: str | None, env: dict[str, str]) -> None:
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                logging_config=ray.LoggingConfig(
+                    log_level="WARNING"
+                ),  # workers: no line per report
+                runtime_env={"env_vars": env},
+            )
+            return
+        except ConnectionError as e:
+            if attempt == CLIENT_ATTEMPTS or CLIENT_SERVER_FAILED not in str(e):
+                raise
+            log.warning("Ray Client: the cluster's client server did not start; trying again")
+            disconnect()
 
 
 def _check_reachable(address: str) -> None:

@@ -11,6 +11,7 @@ from hpo.errors import HPOError
 from hpo.raytune.schedulers import PBT_SCHEDULERS, PRUNER_TO_SCHEDULER, pbt_mutations
 from hpo.storage import runs_dir
 from hpo.study_spec import SCHEDULERS, StudySpec
+from hpo.trainable import steps_of
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def check_options(args: argparse.Namespace, spec: StudySpec, sets: dict[str, Any
             "--pruner and --scheduler both say how to stop trials early; "
             "with --backend ray give --scheduler"
         )
-    cfg = spec.train_config(sets)
+    config = spec.fixed_config(sets)
     scheduler = args.scheduler or spec.ray.scheduler
     scheduler = scheduler or PRUNER_TO_SCHEDULER[args.pruner or spec.pruner.name]
     if scheduler not in SCHEDULERS:
@@ -65,11 +66,18 @@ def check_options(args: argparse.Namespace, spec: StudySpec, sets: dict[str, Any
         )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise HPOError(f"--max-concurrent must be at least 1, but got {args.max_concurrent}")
-    min_resource = spec.min_resource(cfg)
-    if scheduler in ("asha", "hyperband", "median") and min_resource >= cfg.train.max_steps:
+    min_resource, max_steps = spec.min_resource(config), steps_of(config)[0]
+    if scheduler in ("asha", "hyperband", "median", *PBT_SCHEDULERS) and (
+        min_resource is None or max_steps is None
+    ):
+        raise HPOError(
+            f"--scheduler {scheduler} counts training steps: set train.max_steps and "
+            "train.eval_interval among the trainer's settings (or use --scheduler fifo)"
+        )
+    if scheduler in ("asha", "hyperband", "median") and min_resource >= max_steps:
         raise HPOError(
             f"--scheduler {scheduler} needs evaluations before train.max_steps, but the first "
-            f"one is at step {min_resource} of {cfg.train.max_steps}"
+            f"one is at step {min_resource} of {max_steps}"
         )
     mutations: tuple[str, ...] = ()
     if scheduler in PBT_SCHEDULERS:

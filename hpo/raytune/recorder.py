@@ -21,7 +21,7 @@ from ray.tune.experiment import Trial
 
 from hpo.raytune.reevaluations import NoiseSetup, RayReevaluations, reevaluations
 from hpo.raytune.schedulers import current_values
-from hpo.record import DIVERGED, ERROR, update
+from hpo.record import CONTRACT, DIVERGED, ERROR, update
 from hpo.storage import HEARTBEAT_INTERVAL_S, open_storage
 
 
@@ -56,6 +56,7 @@ class Driver:
         self.started: set[int] = set()
         self.beat_at = 0.0
         self.first_start: float | None = None
+        self.contract: str | None = None  # how the trainable broke the seam's contract, if so
 
     def number(self, trial: Trial) -> int:
         """An exploited PBT member carries its donor's config, hpo_number included: what the
@@ -159,11 +160,14 @@ class Driver:
             reason = error or r.get("hpo/fail_reason", "failed")
             steps = int(r["step"]) if "step" in r else None
             stop_reason = r.get("hpo/failed", ERROR)
+            if stop_reason == CONTRACT:  # every trial would: the searcher asks no more
+                self.contract = reason
             update(self.study, n, stop_reason=stop_reason, fail_reason=reason, steps=steps)
             self.study.tell(n, state=TrialState.FAIL, skip_if_finished=True)
             return self._update_progress()
         step = int(r.get("step", 0))
-        done = bool(r.get("hpo/done")) or step >= int(r.get("hpo/max_steps", step or 1))
+        max_steps = r.get("hpo/max_steps")
+        done = bool(r.get("hpo/done")) or (max_steps is not None and step >= int(max_steps))
         values = self.steps.get(n) or dict(self.storage.get_trial(self._id(n)).intermediate_values)
         pick = min if self.minimize else max
         best_step = pick(values, key=values.__getitem__) if values else 0
@@ -253,12 +257,12 @@ def _outcome(r: dict[str, Any], *, stop_reason: str, best_step: int) -> dict[str
         "backend": "ray",
         "stop_reason": stop_reason,
         "steps": steps,
-        "max_steps": int(r.get("hpo/max_steps", steps or 1)),
+        "max_steps": r.get("hpo/max_steps"),
         "tokens": r.get("hpo/tokens"),
         "max_tokens": r.get("hpo/max_tokens"),
         "best_step": best_step,
-        "tokens_per_s": r.get("hpo/tokens_per_s", 0.0),
-        "n_params": r.get("hpo/n_params", 0),
+        "tokens_per_s": r.get("hpo/tokens_per_s"),
+        "n_params": r.get("hpo/n_params"),
         "wall_time_s": r.get("hpo/wall_time_s", 0.0),
         "metrics": json.loads(r.get("hpo/metrics", "{}")),
         "manifest": manifest,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -19,28 +20,32 @@ import optuna
 import ray
 import torch
 
-import search_spaces
-from hpo import noise
+from hpo import noise, space
 from hpo import record as records
-from hpo.budget import equal_compute, tokens_per_step
-from hpo.objective import data_for, finished_record
+from hpo.objective import finished_record
 from hpo.raytune.options import RayOptions
 from hpo.record import TrialRecord
 from hpo.reevaluation import queue_due, say, stop_below_noise
+from hpo.seam import Outcome, Run, execute
 from hpo.storage import HEARTBEAT_INTERVAL_S, first_line
 from hpo.study_spec import StudySpec
-from trainers import TrainConfig, TrainResult, train
+from hpo.trainable import SEED_KEY, steps_of
 
 HOLD_S = 60.0
 
 
 @ray.remote(max_retries=0)
-def train_again(config: dict[str, Any], threads: int) -> TrainResult:
-    """On any node: the config trained to the end, no checkpoints (a re-evaluation is short,
-    and one lost with its node is queued again by the driver)."""
+def train_again(config: dict[str, Any], spec: dict[str, Any], threads: int) -> Outcome:
+    """On any node: the config trained to the end, its checkpoints thrown away (a
+    re-evaluation is short, and one lost with its node is queued again by the driver)."""
     torch.set_num_threads(threads)
-    cfg = TrainConfig.from_dict(config)
-    return train(cfg, data=data_for(cfg))
+    study_spec = StudySpec(**spec)
+    objective = study_spec.objective
+    with tempfile.TemporaryDirectory(prefix="hpo-seed-") as folder:
+        run = Run(
+            config, metric=objective.metric, minimize=objective.minimize, checkpoint_dir=folder
+        )
+        return execute(study_spec.trainable(), run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +59,8 @@ class NoiseSetup:
 
 
 class Pending:
-    def __init__(self, trial: optuna.Trial, ref: ray.ObjectRef, cfg: TrainConfig) -> None:
-        self.trial, self.ref, self.cfg = trial, ref, cfg
+    def __init__(self, trial: optuna.Trial, ref: ray.ObjectRef, config: dict[str, Any]) -> None:
+        self.trial, self.ref, self.config = trial, ref, config
         self.since = time.monotonic()
 
 
@@ -117,12 +122,14 @@ class RayReevaluations:
             records.write(trial, TrialRecord(stop_reason=records.SURPLUS))
             seeds_study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return False
-        overrides = search_spaces.suggest(trial, self.spec.search_space)
-        base = self.spec.train_config(self.setup.sets)
-        fallback = equal_compute(base.with_overrides(overrides), base)
+        overrides = space.suggest(trial, self.spec.search_space)
+        trainable = self.spec.trainable()
+        fixed = self.spec.fixed_config(self.setup.sets)
+        fallback = trainable.budget(self.spec.config_with(overrides, sets=self.setup.sets), fixed)
         # the same config and seed as an Optuna worker's re-evaluation (hpo.objective)
-        cfg = noise.reevaluation_config(seeds_study, queued, fallback=fallback)
-        overrides["train.seed"] = cfg.train.seed
+        config = noise.reevaluation_config(seeds_study, queued, fallback=fallback)
+        overrides[SEED_KEY] = config.get(SEED_KEY, 0)
+        max_steps, tokens = steps_of(config)[0], trainable.tokens_per_step(config)
         record = TrialRecord.starting(
             trial.params,
             overrides,
@@ -130,14 +137,14 @@ class RayReevaluations:
             backend="ray",
             reevaluates=queued.reevaluates,
             seed_index=queued.seed_index,
-            max_steps=cfg.train.max_steps,
-            max_tokens=cfg.train.max_steps * tokens_per_step(cfg),
+            max_steps=max_steps,
+            max_tokens=max_steps * tokens if max_steps is not None and tokens else None,
         )
         records.write(trial, record)
         resources = {"num_cpus": self.setup.cpu, "num_gpus": self.setup.gpu}
         threads = max(1, int(self.setup.cpu))
-        ref = train_again.options(**resources).remote(cfg.to_dict(), threads)
-        self.pending = Pending(trial, ref, cfg)
+        ref = train_again.options(**resources).remote(config, self.setup.spec, threads)
+        self.pending = Pending(trial, ref, config)
         return True
 
     def _collect(self, *, block: bool = False) -> None:
@@ -150,7 +157,7 @@ class RayReevaluations:
         trial, seeds_study = pending.trial, pending.trial.study
         record = TrialRecord.of(trial)
         try:
-            result = ray.get(pending.ref)
+            outcome = ray.get(pending.ref)
         except Exception as e:  # diverged, out of memory, a lost node: recorded, not retried
             message = first_line(str(getattr(e, "cause", None) or e))
             records.write(
@@ -158,9 +165,12 @@ class RayReevaluations:
             )
             seeds_study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            records.write(trial, finished_record(record, pending.cfg, result, tuner_s=0.0))
-            values = [row[self.spec.objective.metric] for row in result.history]
-            seeds_study.tell(trial, self.spec.objective.best(values))
+            trainable, entry = self.spec.trainable(), self.spec.entry
+            done = finished_record(
+                record, pending.config, outcome, trainable=trainable, entry=entry
+            )
+            records.write(trial, done)
+            seeds_study.tell(trial, outcome.best_value)
         done = seeds_study.get_trials(deepcopy=False)[trial.number]
         say(self.study, seeds_study, done, self.spec.objective.metric)
 

@@ -1,8 +1,9 @@
 """Ray's schedulers for hpo: the study's pruner's counterpart, or population-based training.
 
 Every scheduler counts training steps (`step` in each report), as Optuna's pruners do. PBT and
-PB2 perturb settings the trainer may change while a run continues (trainers.loop
-CHANGEABLE_ON_RESUME) and that the study's space tunes; their bounds are the space's. A trial's
+PB2 perturb settings the trainable may change while a run continues (its changeable_on_resume
+hook: any, for a function that builds from its config and then restores) and that the study's
+space tunes; their bounds are the space's. A trial's
 config carries them at the top level, beside the sampled `overrides`: the raw value for PBT
 (whose multiplicative perturbations are log-scale steps), log10 of it for PB2's GP when the
 parameter is log-uniform.
@@ -27,8 +28,7 @@ from ray.tune.schedulers.pb2 import PB2
 
 from hpo.errors import HPOError
 from hpo.study_spec import StudySpec, dry_run
-from trainers import TrainConfig
-from trainers.state import CHANGEABLE_ON_RESUME
+from hpo.trainable import steps_of
 
 TIME_ATTR = "step"  # Ray's schedulers count training steps, like Optuna's pruners
 PBT_SCHEDULERS = ("pbt", "pb2")
@@ -40,11 +40,12 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
     """The settings PBT/PB2 perturbs: in the space, and changeable in a running trial."""
     dists = dry_run(spec).distributions
     wanted = spec.ray.pbt.mutations
-    bad = [m for m in wanted if m not in CHANGEABLE_ON_RESUME]
+    changeable = spec.trainable().changeable_on_resume()
+    bad = [m for m in wanted if changeable is not None and m not in changeable]
     if bad:
         raise HPOError(
             f"ray.pbt.mutations: {bad[0]!r} cannot change while a run continues; "
-            f"valid: {', '.join(sorted(CHANGEABLE_ON_RESUME))}"
+            f"valid: {', '.join(sorted(changeable or ()))}"
         )
     mutations = tuple(m for m in wanted if isinstance(dists.get(m), FloatDistribution))
     if not mutations:
@@ -53,8 +54,8 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
             f"tunes none of them (it tunes {', '.join(sorted(dists))})"
         )
     interval = spec.ray.pbt.perturbation_interval
-    eval_interval = spec.train_config(sets).train.eval_interval
-    if interval is not None and interval < eval_interval:
+    eval_interval = steps_of(spec.fixed_config(sets))[1]
+    if interval is not None and eval_interval is not None and interval < eval_interval:
         raise HPOError(
             f"ray.pbt.perturbation_interval ({interval} steps) is shorter than "
             f"train.eval_interval ({eval_interval}): members report only at evaluations"
@@ -63,11 +64,17 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
 
 
 def make_scheduler(
-    name: str, spec: StudySpec, cfg: TrainConfig, *, mutations: tuple[str, ...], pruner: str
+    name: str,
+    spec: StudySpec,
+    config: dict[str, Any],
+    *,
+    mutations: tuple[str, ...],
+    pruner: str,
 ) -> TrialScheduler:
-    """Ray's counterpart of the study's pruner, in training steps; or PBT/PB2."""
-    min_resource = spec.min_resource(cfg)
-    max_steps, rf = cfg.train.max_steps, spec.pruner.reduction_factor
+    """Ray's counterpart of the study's pruner, in training steps; or PBT/PB2. (The steps were
+    checked to be there: hpo.raytune.options.)"""
+    min_resource = spec.min_resource(config)
+    (max_steps, eval_interval), rf = steps_of(config), spec.pruner.reduction_factor
     if name == "asha":
         # Optuna's Hyperband pruner runs asynchronous successive halving in several brackets
         brackets = 1 if pruner == "sha" else int(math.log(max_steps / min_resource, rf)) + 1
@@ -89,7 +96,7 @@ def make_scheduler(
     if name == "fifo":
         return FIFOScheduler()
     p = spec.ray.pbt
-    interval = p.perturbation_interval or 2 * cfg.train.eval_interval
+    interval = p.perturbation_interval or 2 * eval_interval
     bounds = mutation_bounds(spec, mutations)
     if name == "pbt":
         domains = {
@@ -168,10 +175,10 @@ def current_values(config: dict[str, Any], mutations: tuple[str, ...]) -> dict[s
 
 
 def starting_values(
-    cfg: TrainConfig, bounds: dict[str, tuple[float, float, bool]], *, pb2: bool
+    config: dict[str, Any], bounds: dict[str, tuple[float, float, bool]], *, pb2: bool
 ) -> dict[str, float]:
     """A member's perturbed settings as its config carries them, from its starting config."""
-    flat, out = cfg.flat(), {}
+    flat, out = config, {}
     for key, (lo, hi, log) in bounds.items():
         value = min(max(float(flat[key]), lo), hi)  # weight decay switched off: its floor
         if pb2:

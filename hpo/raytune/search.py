@@ -2,7 +2,7 @@
 
 Ray's Optuna searcher asks the study for each trial; PBT's population is asked up front. A trial's
 config is {"hpo_number", "overrides"} (plus PBT's perturbed settings); trial_config turns it back
-into the TrainConfig the trainer gets.
+into the config the trainable gets.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-import search_spaces
+from hpo import space
 from hpo.noise import STOPPED
 from hpo.raytune.options import RayOptions
 from hpo.raytune.recorder import Driver
 from hpo.raytune.schedulers import mutation_bounds, perturbed, starting_values
 from hpo.record import TrialRecord, write
 from hpo.study_spec import StudySpec
-from trainers import TrainConfig
 
 
 class SpaceFn:
@@ -30,7 +29,7 @@ class SpaceFn:
         self.spaces = spaces
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {"overrides": search_spaces.suggest(trial, self.spaces)}
+        return {"overrides": space.suggest(trial, self.spaces)}
 
 
 class StudySearch(OptunaSearch):
@@ -53,6 +52,8 @@ class StudySearch(OptunaSearch):
             return None
         if self._ot_study.user_attrs.get(STOPPED):  # hpo.noise's stop rule fired
             return Searcher.FINISHED
+        if Driver.current is not None and Driver.current.contract is not None:
+            return Searcher.FINISHED  # the trainable breaks the seam's contract: stop asking
         config = super().suggest(trial_id)
         trial = self._ot_trials[trial_id]
         _start_attrs(trial, config["overrides"], self.experiment)
@@ -83,9 +84,9 @@ def ask_members(
     members = {}
     for _ in range(n):
         trial = study.ask()
-        overrides = search_spaces.suggest(trial, spec.search_space)
+        overrides = space.suggest(trial, spec.search_space)
         _start_attrs(trial, overrides, experiment)
-        start = spec.train_config().with_overrides(overrides)
+        start = spec.config_with(overrides)
         members[trial.number] = {
             "overrides": overrides,
             **starting_values(start, bounds, pb2=opts.scheduler == "pb2"),
@@ -98,8 +99,7 @@ def _start_attrs(trial: optuna.Trial, overrides: dict[str, Any], experiment: str
     trial.set_user_attr("ray.experiment", experiment)
 
 
-def trial_config(config: dict[str, Any], spec: StudySpec, sets: dict[str, Any]) -> TrainConfig:
+def trial_config(config: dict[str, Any], spec: StudySpec, sets: dict[str, Any]) -> dict[str, Any]:
     """Study settings <- --set <- the trial's overrides <- PBT's current values: what the trial
     records is what trains."""
-    current = perturbed(config)
-    return spec.train_config(sets).with_overrides(config["overrides"]).with_overrides(current)
+    return spec.config_with({**config["overrides"], **perturbed(config)}, sets=sets)

@@ -35,9 +35,12 @@ def new_tuner(
     """A fresh experiment of `n` trials: the study's sampler asks them, or (PBT/PB2) a population
     of `n` members asked up front; the Recorder writes them into the study."""
     metric, mode = spec.objective.metric, "min" if spec.objective.minimize else "max"
-    cfg = spec.train_config(plan.sets)
     scheduler = make_scheduler(
-        opts.scheduler, spec, cfg, mutations=opts.mutations, pruner=plan.pruner
+        opts.scheduler,
+        spec,
+        spec.fixed_config(plan.sets),
+        mutations=opts.mutations,
+        pruner=plan.pruner,
     )
     param_space, search_alg, num_samples = _search(spec, opts, study, plan, experiment, n)
     resources = {"cpu": opts.cpu, "gpu": opts.gpu} if opts.gpu else {"cpu": opts.cpu}

@@ -21,7 +21,7 @@ import optuna
 from hpo.record import DIVERGED, TrialRecord
 from hpo.storage import masked
 from hpo.tracking.settings import STUDY_ATTR, Tracking
-from trainers import TrainConfig
+from hpo.trainable import nest
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Tracker:
         self.finish("complete")
 
     def start_trial(
-        self, trial: optuna.Trial, cfg: TrainConfig, *, metric: str, direction: str
+        self, trial: optuna.Trial, config: dict[str, Any], *, metric: str, direction: str
     ) -> None:
         """Open the trial's run with its resolved config; its ids go on the trial."""
         if self.off:
@@ -186,10 +186,9 @@ class Tracker:
             self.settings = replace(self.settings, parent_run_id=parent)
         study = trial.study.study_name
         hpo = {"study": study, "trial": trial.number, "params": trial.params}
-        config = {**cfg.to_dict(), "hpo": hpo}
         ids = self.start_run(
             f"trial_{trial.number}",
-            config=config,
+            config={**nest(config), "hpo": hpo},
             kind="trial",
             meta={"study": study, "trial": trial.number},
         )

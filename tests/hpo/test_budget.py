@@ -2,7 +2,7 @@
 
 import optuna
 
-from hpo.budget import tokens_per_step
+from hpo.gpt import tokens_per_step
 from hpo.objective import Objective
 from hpo.record import TrialRecord
 from hpo.study_spec import load_study_spec
@@ -19,7 +19,7 @@ def test_trials_of_any_batch_size_train_and_report_on_the_same_token_grid(tmp_pa
         " train.eval_interval: 16, train.eval_batches: 1}\n"
     )
     spec = load_study_spec(str(spec_file))
-    base = spec.train_config()
+    base = TrainConfig.from_dict(spec.fixed_config())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for batch_log2 in (2, 4, 6):  # batch 4, 16 (the fixed config's) and 64
         study.enqueue_trial({"train.batch_size_log2": batch_log2})
@@ -36,7 +36,7 @@ def test_trials_of_any_batch_size_train_and_report_on_the_same_token_grid(tmp_pa
         assert len(steps) == 3
         for k, step in enumerate(steps, start=1):
             assert 16 * k <= step < 16 * k + 16 * tokens_per_step(cfg) / tokens_per_step(base) + 1
-    batches = [TrialRecord.of(t).manifest["config"]["train"]["batch_size"] for t in study.trials]
+    batches = [TrialRecord.of(t).manifest["config"]["train.batch_size"] for t in study.trials]
     assert batches == [4, 16, 64]
     assert TrialRecord.of(study.trials[1]).max_steps == 48  # the fixed shape is unchanged
     assert TrialRecord.of(study.trials[0]).max_steps == 192  # 4x the steps at a quarter the batch

@@ -165,11 +165,24 @@ def test_a_crashed_reevaluation_is_queued_again_as_what_it_was(tmp_path):
 
 
 def noise_study(tmp_path, **noise_settings) -> str:
-    """The smoke study, every trial trained to the end, with these noise settings."""
-    spec = yaml.safe_load(Path("studies/smoke.yaml").read_text())
-    spec["pruner"] = {"name": "none"}
-    spec["trainer"]["train.max_steps"] = 30
-    spec["noise"] = noise_settings
+    """The tests' fake trainable (tests/fakes.py: a trial in milliseconds) with a seed noise
+    of sd 0.05, every trial trained to the end, with these noise settings."""
+    spec = {
+        "description": "seed noise, on the fake trainable",
+        "search_space": {"tests.fakes:suggest": {}},
+        "trainer": {
+            "entry": "tests.fakes:quadratic",
+            "x": 0.5,
+            "noise_sd": 0.05,
+            "train.max_steps": 30,
+            "train.eval_interval": 10,
+            "train.seed": 0,
+        },
+        "sampler": {"name": "tpe", "n_startup_trials": 3},
+        "pruner": {"name": "none"},
+        "baseline": {"x": 0.9},
+        "noise": noise_settings,
+    }
     path = tmp_path / "noisy.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -193,9 +206,9 @@ def check_reevaluations(url: str, *, target: int, max_share: float) -> optuna.St
         # the record says what trained: the trial's parameters, another seed
         assert t.params == origin.params
         assert record.seed_index >= 1
-        seed = TrialRecord.of(origin).manifest["config"]["train"]["seed"] + record.seed_index
+        seed = TrialRecord.of(origin).manifest["config"]["train.seed"] + record.seed_index
         assert record.derived["train.seed"] == seed
-        assert record.manifest["config"]["train"]["seed"] == seed
+        assert record.manifest["config"]["train.seed"] == seed
     assert len(pairs) == len(set(pairs))  # each seed of each trial trained once
     runs = noise.runs_of(study, seeds_study)
     assert noise.spent(runs).share <= max_share
@@ -227,10 +240,10 @@ def test_a_study_reevaluates_its_incumbents_with_two_workers(tmp_path, cache_dir
 
 
 def flat_study(tmp_path) -> str:
-    """A learning rate range so narrow that every trial is the same config up to the noise."""
+    """A range so narrow that every trial is the same config up to the noise."""
     path = noise_study(tmp_path, seeds=2, max_share=0.5, stop_below_noise=True)
     spec = yaml.safe_load(Path(path).read_text())
-    spec["search_space"]["optimizer"] = {"names": ["adamw"], "lr": [3.0e-3, 3.1e-3]}
+    spec["search_space"]["tests.fakes:suggest"] = {"x": [0.3, 0.301]}
     Path(path).write_text(yaml.safe_dump(spec))
     return path
 

@@ -7,8 +7,7 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial, TrialState
 
-import search_spaces
-from hpo.budget import equal_compute
+from hpo import space
 from hpo.objective import Objective
 from hpo.record import TrialRecord
 from hpo.storage import Storage
@@ -18,31 +17,33 @@ from tests.helpers import run_hpo, sets, sqlite_url
 TINY = sets(
     "train.max_steps=20", "train.eval_interval=10", "train.eval_batches=1", "data.max_chars=200000"
 )
+# the own-model example has only the settings its function reads
+TINY_OF = {"digits": sets("train.max_steps=20", "train.eval_interval=10")}
 
 
 def manifest_agrees_with_params(t: optuna.trial.FrozenTrial, spec, sets) -> None:
-    config = TrialRecord.of(t).manifest["config"]
-    flat = {f"{g}.{k}": v for g, values in config.items() for k, v in values.items()}
+    flat = TrialRecord.of(t).manifest["config"]
     # a parameter named after a config key is that key's trained value
     for name, value in t.params.items():
         if name in flat:
             assert flat[name] == value, (t.number, name)
     # every value the space derives from the parameters (betas from 1 - beta, batch size from
     # its log2, width from heads x head size) is the trained one, and so is everything else
-    overrides = search_spaces.suggest(FixedTrial(t.params, t.number), spec.search_space)
+    overrides = space.suggest(FixedTrial(t.params, t.number), spec.search_space)
     for key, value in overrides.items():
         assert flat[key] == value, (t.number, key)
     # and the rest is the study's fixed config, its step budget rescaled to equal tokens when
-    # the batch size or context is tuned (hpo.budget)
-    base = spec.train_config(sets)
-    assert config == equal_compute(base.with_overrides(overrides), base).to_dict()
+    # the batch size or context is tuned (the trainable's budget hook)
+    fixed = spec.fixed_config(sets)
+    assert flat == spec.trainable().budget(spec.config_with(overrides, sets=sets), fixed)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("study", study_names())
 def test_every_trial_of_every_shipped_study_trained_what_it_records(study, tmp_path, cache_dir):
     url = sqlite_url(tmp_path)
-    run_hpo(tmp_path, "--study", study, "--trials", "4", "--sampler", "random", *TINY)
+    tiny = TINY_OF.get(study, TINY)
+    run_hpo(tmp_path, "--study", study, "--trials", "4", "--sampler", "random", *tiny)
     stored = optuna.load_study(study_name=study, storage=url)
     spec, sets = load_study_spec(study), stored.user_attrs["hpo.sets"]
     trials = stored.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -96,7 +96,8 @@ def test_study_and_trial_manifests_are_stored_for_replay(smoke):
     assert m["sets"] == {} and m["pruner"] == "sha"
     best = study.best_trial
     tm = TrialRecord.of(best).manifest
-    assert set(tm["seeds"]) == {"init", "data", "dropout"} and tm["tokenizer"] == "char"
+    # every seed of the run: the GPT's per component, and the one hpo seeds the rest with
+    assert set(tm["seeds"]) == {"init", "data", "dropout", "global"} and tm["tokenizer"] == "char"
     assert tm["torch"] and tm["threads"] >= 1 and tm["steps"] == TrialRecord.of(best).steps
     beside = root / "runs" / "smoke" / "checkpoints" / f"trial_{best.number}" / "manifest.json"
     assert json.loads(beside.read_text()) == tm

@@ -55,7 +55,7 @@ def test_smoke_study_end_to_end(tmp_path, cache_dir):
         assert m["packages"]["torch"] == torch.__version__.split("+")[0] or m["packages"][
             "torch"
         ].startswith(torch.__version__.split("+")[0])
-        assert len(m["data"]["fingerprint"]) == 16 and m["config"]["train"]["max_steps"] == 60
+        assert len(m["data"]["fingerprint"]) == 16 and m["config"]["train.max_steps"] == 60
         if t.params.get("optim.name", "adamw") == "adamw":
             assert 0 < TrialRecord.of(t).derived["optim.beta2"] < 1  # derived value recorded
     # only the best trial's checkpoint is kept, for validation

@@ -151,11 +151,11 @@ def test_hpos_default_search_finds_the_optimum_with_less_compute_than_plain_optu
     10). lr_sweep prunes with ASHA from its second evaluation; from the first the median was
     140 (ahead on 8), with its Hyperband 276 (ahead on 6)."""
     spec = load_study_spec("lr_sweep")
-    cfg = spec.train_config({"train.max_steps": MAX_STEP, "train.eval_interval": 1})
+    config = spec.fixed_config({"train.max_steps": MAX_STEP, "train.eval_interval": 1})
     hpo, plain = [], []
     for seed in range(10):
         sampler = make_sampler(spec, name=spec.sampler.name, seed=seed, worker=0, n_existing=0)
-        pruner = make_pruner(spec, name=spec.pruner.name, cfg=cfg)
+        pruner = make_pruner(spec, name=spec.pruner.name, config=config)
         # one study name: Hyperband assigns brackets by hashing it, so the test is deterministic
         study = optuna.create_study(study_name="syn", sampler=sampler, pruner=pruner)
         hpo.append(compute_to_reach_the_optimum(study))

@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-import search_spaces
+from hpo import space
 from hpo.session import RunRequest, load_request, open_study
 from hpo.strategy import make_sampler
 from hpo.study_spec import load_study_spec
@@ -68,8 +68,8 @@ def test_baseline_first_makes_the_baseline_the_first_trial_once(tmp_path, monkey
     checked = load_request(request)
     study, _ = open_study(request, checked)
     trial = study.ask()
-    overrides = search_spaces.suggest(trial, checked.spec.search_space)
-    baseline = checked.spec.baseline_config().flat()
+    overrides = space.suggest(trial, checked.spec.search_space)
+    baseline = checked.spec.baseline_config()
     assert overrides == {key: baseline[key] for key in overrides}
     assert overrides["optim.lr"] == 1e-3  # smoke's baseline, not a sampled value
     study.tell(trial, 1.0)

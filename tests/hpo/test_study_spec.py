@@ -97,7 +97,7 @@ def test_bad_specs_are_refused_with_one_clear_line(tmp_path, text, message):
 def test_unknown_study_lists_the_shipped_ones():
     with pytest.raises(
         HPOError,
-        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, full_sweep, lr_sweep, pbt, smoke",
+        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, digits, full_sweep, lr_sweep, pbt, smoke",
     ):
         load_study_spec("lr_sweeep")
 
@@ -132,4 +132,4 @@ def test_the_first_rung_counts_evaluations_unless_given_in_steps(tmp_path, prune
     path = tmp_path / "s.yaml"
     path.write_text(VALID + f"pruner: {pruner}\n")
     spec = load_study_spec(str(path))
-    assert spec.min_resource(spec.train_config({"train.eval_interval": 10})) == first_rung
+    assert spec.min_resource(spec.fixed_config({"train.eval_interval": 10})) == first_rung

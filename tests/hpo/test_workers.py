@@ -19,6 +19,7 @@ from hpo.work import exit_description
 from tests.helpers import (
     COUNTED,
     SMOKE_FAST,
+    fake_study,
     finish,
     free_port,
     http_get,
@@ -130,9 +131,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(fault_setup, env, tmp_path):
     assert not (tmp_path / "runs" / "smoke" / "checkpoints" / f"trial_{doomed.number}").exists()
 
 
-def _study_exists(url):
+def _study_exists(url, name="smoke"):
     try:
-        return "hpo.target" in load(url).user_attrs
+        return "hpo.target" in load(url, name).user_attrs
     except KeyError:
         return False
 
@@ -156,6 +157,38 @@ def test_every_command_works_on_postgres(pg_url, env, tmp_path):
         os.killpg(server.pid, signal.SIGKILL)
     studies = json.loads(body)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["smoke"]
+
+
+def test_user_code_on_many_workers_and_machines_through_postgres(pg_url, env, tmp_path):
+    """The fake trainable of the tests (user code, tests/fakes.py): hpo.run --workers 2 and an
+    hpo.worker joining from "another machine", on one PostgreSQL study; the dashboard serves
+    it. --trials is the total, whoever runs the trials, and every record says what trained."""
+    study = ["--study", fake_study(tmp_path), "--storage", pg_url]
+    first = start("hpo.run", *study, "--trials", "40", "--workers", "2", env=env)
+    wait_for(lambda: _study_exists(pg_url, "fake"), what="the study to be created")
+    joiner = start("hpo.worker", "--study", "fake", "--storage", pg_url, env=env)
+    for proc in (first, joiner):
+        code, _, err = finish(proc)
+        assert code == 0, err[-3000:]
+    trials = load(pg_url, "fake").get_trials()
+    assert sum(t.state in COUNTED for t in trials) == 40
+    workers = {TrialRecord.of(t).worker for t in trials}
+    assert len(workers) >= 2  # the study's trials were shared out
+    for t in trials:
+        if t.state in COUNTED:
+            assert TrialRecord.of(t).manifest["config"]["x"] == t.params["x"]
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert load(pg_url, "fake").best_trial.number == best.number  # maximized
+    port = free_port()
+    server = start("hpo.dashboard", "--storage", pg_url, "--port", str(port), env=env)
+    try:
+        body = wait_for(
+            lambda: http_get(f"http://127.0.0.1:{port}/api/studies"), what="the dashboard"
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["study_name"] == "fake" and summary["directions"] == ["maximize"]
 
 
 def test_worker_refuses_clearly(pg_url, env):

@@ -55,7 +55,7 @@ def test_six_trials_land_in_the_optuna_storage(tmp_path, env):
         r = TrialRecord.of(t)  # the same typed record as the Optuna backend writes
         assert r.backend == "ray" and t.user_attrs["ray.trial_id"] and t.user_attrs["ray.node_id"]
         assert r.tokens_per_s > 0 and r.n_params > 0 and r.wall_time_s > 0
-        assert r.manifest["config"]["train"]["max_steps"] == 60
+        assert r.manifest["config"]["train.max_steps"] == 60
         assert r.manifest["steps"] == r.steps and r.metrics["val/loss"] > 0
         assert r.tokens == r.steps * 8 * 32 and r.max_tokens == 60 * 8 * 32
         assert max(t.intermediate_values) == r.steps  # every evaluation, at its step
@@ -80,8 +80,9 @@ def test_six_trials_land_in_the_optuna_storage(tmp_path, env):
     study = optuna.load_study(study_name="smoke", storage=sqlite_url(tmp_path))
     configs = configs_to_validate(study, trial=None, top_k=1)
     cfg = configs[f"trial_{best.number}"]
-    assert cfg == TrainConfig.from_dict(TrialRecord.of(best).manifest["config"])
-    scores = score_checkpoint(cfg, root / f"trial_{best.number}" / "best.pt", split="val")
+    assert cfg == TrialRecord.of(best).manifest["config"]
+    best_pt = root / f"trial_{best.number}" / "best.pt"
+    scores = score_checkpoint(TrainConfig.from_dict(cfg), best_pt, split="val")
     assert abs(scores["val/loss"] - best.value) < 0.3  # the whole split vs 2 fixed batches
     result = analyze(study, resamples=2, out=tmp_path / "report")
     assert result["best"] and (tmp_path / "report" / "summary.md").exists()

@@ -9,7 +9,7 @@ from hpo.study_spec import load_study_spec
 def test_pb2s_float32_proposals_stay_within_the_search_space():
     spec = load_study_spec("pbt")
     mutations = pbt_mutations(spec, {}, "pb2")
-    pb2 = make_scheduler("pb2", spec, spec.train_config({}), mutations=mutations, pruner="none")
+    pb2 = make_scheduler("pb2", spec, spec.fixed_config({}), mutations=mutations, pruner="none")
     # PB2's GP proposes float32 values (ray.tune.schedulers.pb2 casts them): at the space's
     # upper bounds, dropout 0.3 becomes 0.30000001
     proposed = {

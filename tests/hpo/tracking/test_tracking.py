@@ -18,13 +18,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.objective import Objective
+from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
 from hpo.study_spec import StudySpec, load_study_spec
 from hpo.tracking import Tracker, Tracking, resolve_tracking, tracking_from_study, wandb_mode
 from hpo.validate import validate
-from tests.helpers import SMOKE_FAST, run_hpo, sqlite_url
-from trainers import TrainConfig, TrainerError
+from tests.helpers import SMOKE_FAST, fake_study, run_hpo, sqlite_url
 
 
 def run_smoke(tmp_path, *, trials, tracking, uri=None, env=None):
@@ -124,13 +123,14 @@ def test_wandb_offline_one_run_per_trial_with_config_and_val_loss_history(tmp_pa
         # the full resolved config, the sampled parameters, and the manifest
         assert run["config"]["optim"]["lr"] == trained_lr(t)
         stored = TrialRecord.of(t).manifest
-        assert run["config"]["model"] == stored["config"]["model"]
+        model = {k.split(".", 1)[1]: v for k, v in stored["config"].items() if k[:6] == "model."}
+        assert run["config"]["model"] == model
         assert run["config"]["hpo"]["params"] == t.params
         manifest = run["config"]["manifest"]
         assert manifest["data"]["fingerprint"] == stored["data"]["fingerprint"]
         assert manifest["git"] == stored["git"]
         written = json.loads((d / "files" / "manifest.json").read_text())
-        assert written["config"]["optim"]["lr"] == trained_lr(t)
+        assert written["config"]["optim.lr"] == trained_lr(t)
         # val/loss at the steps the pruner saw
         history = {row["_step"]: row["val/loss"] for row in run["history"] if "val/loss" in row}
         assert history == t.intermediate_values
@@ -180,8 +180,8 @@ def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache
 
     # hpo.validate: one run per (config, seed), nested under the same study run
     tracking = Tracking("mlflow", uri, "hpo", "smoke", parent_run_id=parent.info.run_id)
-    cfg = TrainConfig.from_dict(TrialRecord.of(trials[0]).manifest["config"])
-    baseline = {"baseline": cfg.with_overrides({"train.max_steps": 20})}
+    config = TrialRecord.of(trials[0]).manifest["config"]
+    baseline = {"baseline": {**config, "train.max_steps": 20}}
     validate(study, baseline, seeds=2, workers=1, progress=False, tracking=tracking)
     seeds = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`hpo.kind` = 'validate'"
@@ -191,6 +191,40 @@ def test_mlflow_parent_run_with_nested_trial_runs_and_validation(tmp_path, cache
     for r in seeds:
         assert r.info.status == "FINISHED" and "test/loss" in r.data.metrics
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/loss")] == [10, 20]
+
+
+@pytest.mark.slow  # W&B's and MLflow's own processes and stores
+def test_user_code_is_tracked_as_the_builtin_trainer_is(tmp_path):
+    """The fake trainable (tests/fakes.py) with --tracking wandb and --tracking mlflow: a run
+    per trial with its config and every report at its step."""
+    study = fake_study(tmp_path)
+    args = ["--study", study, "--trials", "3", "--pruner", "none", "--tracking"]
+    env = {**offline_env(tmp_path), "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    run_hpo(tmp_path, *args, "wandb", "--tracking-uri", str(tmp_path / "wb"), env=env)
+    _, trials = load_trials(tmp_path, "fake")
+    runs = [wandb_run(d) for d in sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))]
+    assert sorted(r["name"] for r in runs) == [f"trial_{t.number}" for t in trials]
+    for r in runs:
+        t = trials[int(r["name"].removeprefix("trial_"))]
+        assert r["config"]["x"] == t.params["x"] and r["config"]["train"]["max_steps"] == 40
+        steps = {row["_step"]: row["val/accuracy"] for row in r["history"] if "val/accuracy" in row}
+        assert steps == t.intermediate_values
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    name = ["--study-name", "fake-mlflow"]
+    run_hpo(tmp_path, *args, "mlflow", "--tracking-uri", uri, *name, env=env)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    _, trials = load_trials(tmp_path, "fake-mlflow")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "hpo"]
+    kind = "tags.`hpo.kind` = 'trial'"
+    runs = client.search_runs([experiment.experiment_id], filter_string=kind)
+    assert len(runs) == 3
+    for r in runs:
+        t = trials[int(r.info.run_name.removeprefix("trial_"))]
+        history = client.get_metric_history(r.info.run_id, "val/accuracy")
+        assert {m.step: m.value for m in history} == t.intermediate_values
 
 
 @pytest.mark.slow  # real studies tracked end to end
@@ -347,7 +381,7 @@ def test_each_run_ends_with_the_trial_state(cache_dir, tmp_path):
     objective.sets = {"optim.grad_clip": 0, "schedule.warmup_frac": 0, "train.max_steps": 40}
     study.optimize(objective, n_trials=1)  # diverges: pruned at the step it blew up
     objective.sets = {"data.corpus": str(tmp_path / "gone.txt")}  # a usage error inside a trial
-    study.optimize(objective, n_trials=1, catch=(TrainerError,))
+    study.optimize(objective, n_trials=1, catch=(TrialFailed,))
     objective.spec, objective.sets = spec, {"train.max_steps": 20}
     study.pruner = optuna.pruners.NopPruner()
     study.optimize(objective, n_trials=1)
