@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hpo.trainable import flatten, load_entry
+from hpo.trainable import load_entry
+from trainers.config import flatten
 from trainers.device import device_memory_mb, device_name
 
 if TYPE_CHECKING:

@@ -206,18 +206,6 @@ def check_signature(fn: Callable[..., Any], entry: str) -> None:
         ) from None
 
 
-def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys from a config that may be nested by group ({"optim": {"lr": 1e-3}}), as
-    manifests written before the seam held it."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if "." not in key and isinstance(value, Mapping):
-            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
-        else:
-            flat[key] = value
-    return flat
-
-
 def nest(config: Mapping[str, Any]) -> dict[str, Any]:
     """Grouped by the part before the first dot, for trackers' config panels; a dotted key
     whose group is also a key of its own stays as it is."""

@@ -16,6 +16,7 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,7 @@ class TrainConfig:
         ones from YAML. Raises ConfigError naming the bad key and the valid ones.
         """
         cfg = _copy(self)
-        for key, value in _flatten(overrides).items():
+        for key, value in flatten(overrides).items():
             group_name, _, name = key.partition(".")
             group = getattr(cfg, group_name, None) if group_name in _GROUPS else None
             if group is None:
@@ -220,11 +221,12 @@ def _copy(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def _flatten(values: dict[str, Any]) -> dict[str, Any]:
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys from a config that may be nested by group ({"optim": {"lr": 1e-3}})."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        if "." not in key and isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in _flatten(value).items()})
+        if "." not in key and isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             flat[key] = value
     return flat

@@ -147,16 +147,21 @@ def test_every_command_works_on_postgres(pg_url, env, tmp_path):
     run("hpo.validate", *study, "--seeds", "2", env=env)
     assert "hpo.validate.report" in load(pg_url).user_attrs
 
+    studies = dashboard_studies(pg_url, env)
+    assert [s["study_name"] for s in studies] == ["smoke"]
+
+
+def dashboard_studies(url, env):
+    """The studies hpo.dashboard serves from `url`, as its web page asks for them."""
     port = free_port()
-    server = start("hpo.dashboard", "--storage", pg_url, "--port", str(port), env=env)
+    server = start("hpo.dashboard", "--storage", url, "--port", str(port), env=env)
     try:
         body = wait_for(
             lambda: http_get(f"http://127.0.0.1:{port}/api/studies"), what="the dashboard"
         )
     finally:
         os.killpg(server.pid, signal.SIGKILL)
-    studies = json.loads(body)["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["smoke"]
+    return json.loads(body)["study_summaries"]
 
 
 def test_user_code_on_many_workers_and_machines_through_postgres(pg_url, env, tmp_path):
@@ -179,15 +184,7 @@ def test_user_code_on_many_workers_and_machines_through_postgres(pg_url, env, tm
             assert TrialRecord.of(t).manifest["config"]["x"] == t.params["x"]
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert load(pg_url, "fake").best_trial.number == best.number  # maximized
-    port = free_port()
-    server = start("hpo.dashboard", "--storage", pg_url, "--port", str(port), env=env)
-    try:
-        body = wait_for(
-            lambda: http_get(f"http://127.0.0.1:{port}/api/studies"), what="the dashboard"
-        )
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-    (summary,) = json.loads(body)["study_summaries"]
+    (summary,) = dashboard_studies(pg_url, env)
     assert summary["study_name"] == "fake" and summary["directions"] == ["maximize"]
 
 
