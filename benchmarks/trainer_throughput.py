@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy import stats
 
 from trainers import StopTraining, TrainConfig, train
 from trainers.device import resolve_device
@@ -135,28 +137,43 @@ def time_to_loss(corpus: str, target: float, compile_model: bool) -> dict:
 
 
 def seam_versus_direct(base: TrainConfig, rounds: int) -> dict:
-    """Steady tokens/s of `base` trained directly and through the seam, `rounds` each."""
+    """`base` trained directly and through the seam, `rounds` times each: the steady tokens/s
+    of each run (evaluations and reports excluded) and its whole wall time (all included)."""
     from hpo import gpt
     from hpo.seam import Run, execute
 
     speeds: dict[str, list[float]] = {"direct": [], "seam": []}
+    walls: dict[str, list[float]] = {"direct": [], "seam": []}
+    data = gpt.data_for(base)
     for r in range(rounds):
         for how in ("direct", "seam") if r % 2 == 0 else ("seam", "direct"):
             with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
                 if how == "direct":
-                    data = gpt.data_for(base)
                     result = train(base, report=lambda s, m: None, checkpoint_dir=tmp, data=data)
                     history = result.history
                 else:
                     run = Run(base.flat(), metric="val/loss", minimize=True, checkpoint_dir=tmp)
                     history = execute(gpt.train, run).history
-            steady = statistics.median(row["system/tokens_per_s"] for row in history[1:])
-            speeds[how].append(steady)
-    ratios = [a / b for a, b in zip(speeds["seam"], speeds["direct"], strict=True)]
+                walls[how].append(time.perf_counter() - start)
+            speeds[how].append(statistics.median(row["system/tokens_per_s"] for row in history[1:]))
+
+    def ratio(values: dict[str, list[float]]) -> dict:
+        per_round = [a / b for a, b in zip(values["seam"], values["direct"], strict=True)]
+        logs = [math.log(x) for x in per_round]
+        mean, n = statistics.mean(logs), len(logs)
+        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(logs) / math.sqrt(n) if n > 1 else 0
+        return {
+            "per round": [round(x, 3) for x in per_round],
+            "geometric mean": round(math.exp(mean), 3),
+            "95% t-interval": [round(math.exp(mean - half), 3), round(math.exp(mean + half), 3)],
+        }
+
     return {
         "tokens_per_s": {k: [round(x) for x in v] for k, v in speeds.items()},
-        "seam / direct, per round": [round(x, 3) for x in ratios],
-        "seam / direct (median)": round(statistics.median(ratios), 3),
+        "wall_s": {k: [round(x, 2) for x in v] for k, v in walls.items()},
+        "seam / direct, tokens/s": ratio(speeds),
+        "direct / seam, wall time": ratio({"seam": walls["direct"], "direct": walls["seam"]}),
     }
 
 
