@@ -22,9 +22,18 @@ from typing import Any
 
 import torch
 
-from hpo.seam import ContractError, Diverged, InvalidConfig, OutOfMemory, Run, StopTrial
+from hpo.seam import (
+    ContractError,
+    DiskFull,
+    Diverged,
+    InvalidConfig,
+    OutOfMemory,
+    Run,
+    StopTrial,
+)
 from hpo.trainable import Trainable
 from trainers import (
+    DiskFullError,
     DivergedError,
     OutOfMemoryError,
     StopTraining,
@@ -85,6 +94,8 @@ class GPT(Trainable):
             raise Diverged(e.step, str(e), value=value) from None
         except OutOfMemoryError as e:
             raise OutOfMemory(str(e)) from None
+        except DiskFullError as e:
+            raise DiskFull(str(e)) from e
         except ContractError:  # from run.report: the study's objective is not what it reports
             raise
         except UsageError as e:  # a sampled config this trainer cannot run

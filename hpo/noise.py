@@ -394,6 +394,32 @@ def report(study: optuna.Study) -> NoiseReport | None:
     )
 
 
+def unmeasured(study: optuna.Study, seeds: int, max_share: float) -> str | None:
+    """For a study told to re-evaluate (noise.seeds) whose seed noise is not measured yet:
+    why, when it is the share of compute, and what share would measure it. None otherwise."""
+    measured = report(study)
+    if seeds < 1 or (measured is not None and measured.sd is not None):
+        return None
+    runs = runs_of(study, find_seeds_study(study))
+    used = spent(runs)
+    best = estimate(seed_values(runs), minimize=study.direction.name == "MINIMIZE").best
+    if best is None:
+        return None
+    if seeds < 2:
+        return "seed noise not measured: noise.seeds 1 cannot (a trial needs 2 re-evaluations)"
+    full = TrialRecord.of(study.get_trials(deepcopy=False)[best]).max_compute or 0
+    # a trial's `seeds` re-evaluations give seeds - 1 degrees of freedom of the noise
+    needed = math.ceil(MIN_NOISE_DOF / (seeds - 1)) * seeds * full
+    share = needed / (used.search + needed) if used.search + needed else 0.0
+    if share <= max_share:
+        return None  # it will measure it as the study goes on
+    return (
+        f"seed noise not measured: the re-evaluations that measure it take {share:.0%} of this "
+        f"study's compute, more than noise.max_share {max_share:.0%} allows; raise it to "
+        f"{math.ceil(share * 20) / 20:.2f}, or run more trials"
+    )
+
+
 def _tokens(t: FrozenTrial) -> int:
     """Compute: tokens where the trainer counts them, else steps (TrialRecord.compute)."""
     return TrialRecord.of(t).compute

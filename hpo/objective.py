@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from hpo import noise, space
 from hpo import record as records
 from hpo.devices import gpu_share
+from hpo.errors import StudyFailedError
 from hpo.manifest import outcome_manifest, write_manifest
 from hpo.record import TrialRecord
 from hpo.seam import (
@@ -46,9 +47,16 @@ from hpo.seam import (
     Run,
     Sink,
     StopTrial,
+    disk_full,
     execute,
 )
-from hpo.storage import STORAGE_ERRORS, exception_chain, first_line, storage_failure
+from hpo.storage import (
+    STORAGE_ERRORS,
+    RetryCrashedTrial,
+    exception_chain,
+    first_line,
+    storage_failure,
+)
 from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker
 from hpo.trainable import SEED_KEY, Trainable, steps_of
@@ -109,6 +117,9 @@ class Objective:
                     with contextlib.suppress(*STORAGE_ERRORS):
                         fail(trial, records.STORAGE_LOST, f"lost the storage ({first_line(lost)})")
                     raise
+                full = disk_full(e)
+                if full is not None:  # every trial would fail so: the run stops
+                    raise _stop_for_disk(trial, full) from e
                 # the training function's own exception: this trial failed, the study goes on
                 # (--verbose: Optuna's log shows the traceback)
                 fail(trial, records.ERROR, error_line(e))
@@ -137,7 +148,7 @@ class Objective:
             # the seed among the derived values
             config = noise.reevaluation_config(trial.study, enqueued, fallback=config)
             overrides[SEED_KEY] = config.get(SEED_KEY, 0)
-        ckpt, retry_of = self._checkpoint_for(trial, frozen)
+        ckpt, retry_of = self._checkpoint_for(trial, frozen, enqueued)
         max_steps, tokens = steps_of(config)[0], trainable.tokens_per_step(config)
         record = TrialRecord.starting(
             trial.params,
@@ -209,24 +220,25 @@ class Objective:
             records.enqueue(trial.study, trial.params, again)
 
     def _checkpoint_for(
-        self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial
+        self, trial: optuna.Trial, frozen: optuna.trial.FrozenTrial, enqueued: TrialRecord
     ) -> tuple[Path, int | None]:
-        """An empty folder, or, for the retry of a trial whose worker died, that trial's folder
-        (moved, so its last checkpoint is where training resumes), and the trial it retries."""
+        """An empty folder, or, for the retry of a trial whose worker died or was interrupted
+        (or ran out of memory on a shared GPU), that trial's folder (moved, so its last
+        checkpoint is where training resumes), and the trial it retries."""
         ckpt = checkpoint_dir(self.checkpoint_root, trial.number)
         shutil.rmtree(ckpt, ignore_errors=True)  # a leftover of an older study of the same name
-        history = frozen.system_attrs.get("retry_history", [])  # set by storage.RetryCrashedTrial
-        if not history:
+        origin_number = retried(frozen, enqueued)
+        if origin_number is None:
             return ckpt, None
-        origin = checkpoint_dir(self.checkpoint_root, history[-1])
+        origin = checkpoint_dir(self.checkpoint_root, origin_number)
         if origin.is_dir():
             os.replace(origin, ckpt)  # a rename within one folder: atomic
         else:
             log.warning(
                 "trial %d retries trial %d, whose checkpoint %s is gone: starting at step 0",
-                *(trial.number, history[-1], origin),
+                *(trial.number, origin_number, origin),
             )
-        return ckpt, history[-1]
+        return ckpt, origin_number
 
 
 class OptunaSink(Sink):
@@ -296,9 +308,32 @@ def warn_unread(overrides: dict[str, Any], outcome: Outcome) -> None:
         )
 
 
+def _stop_for_disk(trial: optuna.Trial, full: BaseException) -> StudyFailedError:
+    """The trial recorded disk_full and queued to go on from its last checkpoint (whose write
+    was atomic: intact) when the study resumes; the error that ends the run."""
+    reason = str(full).strip().splitlines()[0]
+    if isinstance(full, OSError):  # the function's own write
+        reason = f"no space left on the device ({reason}): free some, or use a larger disk"
+    fail(trial, records.DISK_FULL, reason)
+    _queue_resume(trial)
+    return StudyFailedError(
+        f"{reason}; trial {trial.number} goes on from its last checkpoint when the study "
+        "resumes (rerun the same command)"
+    )
+
+
 def error_line(e: BaseException) -> str:
     """The last line of an exception's traceback: "ZeroDivisionError: division by zero"."""
     return traceback.format_exception_only(type(e), e)[-1].strip()
+
+
+def retried(t: optuna.trial.FrozenTrial, record: TrialRecord | None = None) -> int | None:
+    """The trial a queued trial retries: a crashed one (hpo.storage.RetryCrashedTrial), or one
+    interrupted or out of memory (its record says which); None for any other trial."""
+    history = t.system_attrs.get("retry_history", [])
+    if history:
+        return history[-1]
+    return (record or TrialRecord.of(t)).retry_of
 
 
 def checkpoint_dir(root: Path, number: int) -> Path:
@@ -307,16 +342,13 @@ def checkpoint_dir(root: Path, number: int) -> Path:
 
 def clean_checkpoints(study: optuna.Study, root: Path) -> None:
     """Keep the best trial's checkpoint (and the best one on its mean over seeds), those of
-    running trials, and those of crashed trials whose retry has not started yet (it resumes
-    from them)."""
+    running trials, and those of crashed or interrupted trials whose retry has not started yet
+    (it resumes from them)."""
     if not root.is_dir():
         return
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    pending_retry = {
-        t.system_attrs["retry_history"][-1]
-        for t in trials.values()
-        if t.state == TrialState.WAITING and t.system_attrs.get("retry_history")
-    }
+    waiting = (t for t in trials.values() if t.state == TrialState.WAITING)
+    pending_retry = {retried(t) for t in waiting} - {None}
     try:
         best = {study.best_trial.number}
     except ValueError:  # no completed trial yet
@@ -359,11 +391,25 @@ def _record_interrupt(trial: optuna.Trial, interrupt: BaseException) -> None:
     for attempt in range(3):
         trial.study._storage.remove_session()
         try:
-            fail(trial, records.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
+            fail(trial, records.INTERRUPTED, INTERRUPTED_REASON)
+            _queue_resume(trial)
             return
         except STORAGE_ERRORS:
             if attempt == 2:
                 raise
+
+
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); the next run goes on from its checkpoint"
+
+
+def _queue_resume(trial: optuna.Trial) -> None:
+    """Queue the interrupted trial again, as a crashed one is (its reports inherited, however
+    often it was interrupted before): the next run (any worker) takes it first, moves its
+    checkpoint folder to the new trial and goes on from its last save. One interrupted before
+    its parameters were sampled has nothing to go on from."""
+    if trial.params:
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        RetryCrashedTrial(max_retry=None, inherit_intermediate_values=True)(trial.study, frozen)
 
 
 def _interrupt_behind(e: BaseException) -> bool:

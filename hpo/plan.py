@@ -34,6 +34,7 @@ class WorkerPlan:
     verbose: bool = False  # Optuna's own log lines (a failed trial's traceback) as well
     placement: Placement | None = None  # the GPUs this machine's workers use (hpo.devices)
     gpu: str | None = None  # this worker's, as CUDA_VISIBLE_DEVICES names it
+    keep_checkpoints: bool = False  # else those of trials that can no longer win go at once
 
     @property
     def shares_gpu(self) -> bool:

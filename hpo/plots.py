@@ -6,6 +6,7 @@ intervals, and the learning curves of the best trials.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,16 +66,29 @@ def save_all(
             lambda: _importance_mpl(importance),
         )
     written = []
-    for name, (interactive, static) in plots.items():
-        interactive().write_html(out / f"{name}.html", include_plotlyjs="directory")
-        axes = static()
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        with warnings.catch_warnings():  # "tight layout not applied" on crowded axes: harmless
-            warnings.simplefilter("ignore", UserWarning)
-            figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written += [out / f"{name}.html", out / f"{name}.png"]
+    # a conditional parameter can have a single value among the trials a plot shows (Adam's
+    # L2 penalty when the others are SGD's): Optuna warns on stderr, the plot shows it anyway
+    quiet = logging.getLogger("optuna.visualization")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for name, (interactive, static) in plots.items():
+            written += _save(name, interactive, static, out)
+    finally:
+        quiet.setLevel(level)
     return written
+
+
+def _save(name: str, interactive: Callable, static: Callable, out: Path) -> list[Path]:
+    """One plot as HTML and PNG."""
+    interactive().write_html(out / f"{name}.html", include_plotlyjs="directory")
+    axes = static()
+    figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+    with warnings.catch_warnings():  # "tight layout not applied" on crowded axes: harmless
+        warnings.simplefilter("ignore", UserWarning)
+        figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return [out / f"{name}.html", out / f"{name}.png"]
 
 
 def _labels(imp: pd.DataFrame) -> list[str]:

@@ -92,6 +92,10 @@ def summary(study: optuna.Study, *, target: int, wall_time_s: float) -> str:
     else:
         lines.append(f"best: trial {best.number}, value {best.value:.4f}")
         lines.extend(f"  {k} = {_fmt(v)}" for k, v in best.params.items())
+    settings = study.user_attrs.get("hpo.spec", {}).get("noise") or {}
+    why = noise.unmeasured(study, settings.get("seeds", 0), settings.get("max_share", 0.15))
+    if why and best is not None:
+        lines.append(why)
     spent = pruning_stats(trials)
     if spent["without_pruning"]:
         lines.append(

@@ -28,6 +28,7 @@ OUT_OF_MEMORY = "out_of_memory"
 STORAGE_LOST = "storage_lost"
 SURPLUS = "surplus"  # another worker reached the study's target first
 CONTRACT = "contract"  # the training function broke the seam's contract (hpo.seam): it stops
+DISK_FULL = "disk_full"  # no space for its checkpoint: the run stops, the trial goes on later
 ERROR = "error"  # the training function's own exception (its last line is the reason)
 # How a run that was not stopped ended: "finished" (the function returned), or what the
 # function noted (the built-in GPT: max_steps, early_stopped).

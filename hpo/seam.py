@@ -33,6 +33,7 @@ increase, a report that is not a number) stops the study with ContractError: one
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import random
@@ -48,7 +49,7 @@ import torch
 
 from hpo.errors import HPOError
 from hpo.trainable import SEED_KEY, Trainable
-from trainers import checkpoint
+from trainers import DiskFullError, checkpoint
 
 LAST = "last.pt"  # the latest save: what a retry, a restored Ray trial or a PBT copy continues
 BEST = "best.pt"  # the save at the best report so far: what hpo.validate scores on test
@@ -85,6 +86,23 @@ class InvalidConfig(Exception):
 class OutOfMemory(Exception):
     """The device ran out of memory (torch.OutOfMemoryError is read the same way): the trial
     is recorded "out_of_memory", and on a shared GPU retried with the GPU to itself."""
+
+
+class DiskFull(Exception):
+    """No space left to write a checkpoint (an OSError with ENOSPC from the function's own
+    writes is read the same way): the trial is recorded "disk_full" and continued from its
+    last checkpoint when the study resumes, and the run stops with one line."""
+
+
+def disk_full(e: BaseException | None) -> BaseException | None:
+    """The DiskFull, or the out-of-space OSError, behind an exception; None if none is."""
+    while e is not None:
+        if isinstance(e, DiskFull | DiskFullError) or (
+            isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        ):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class ContractError(HPOError):
@@ -281,10 +299,13 @@ class Run:
         }
         self._note_model(objects)
         start = time.perf_counter()
-        # best.pt first: a crash between the two writes leaves a last.pt no newer than it
-        if self.best_step == step:
-            checkpoint.save(self.checkpoint_dir / BEST, state)
-        checkpoint.save(self.checkpoint_dir / LAST, state)
+        try:
+            # best.pt first: a crash between the two writes leaves a last.pt no newer than it
+            if self.best_step == step:
+                checkpoint.save(self.checkpoint_dir / BEST, state)
+            checkpoint.save(self.checkpoint_dir / LAST, state)
+        except DiskFullError as e:
+            raise DiskFull(str(e)) from e
         self._saved_step = int(step)
         try:
             self.sink.saved(self, int(step))

@@ -298,7 +298,7 @@ def run_study(
     is out (no trial is left running)."""
     tracker = make_tracker(plan.tracking)  # a failure warns once, and workers track nothing
     opened = tracker.open_study(study, study.user_attrs["hpo.manifest"])
-    plan = replace(plan, tracking=opened or Tracking())
+    plan = replace(plan, tracking=opened or Tracking(), keep_checkpoints=keep_checkpoints)
     engine = f"{plan.sampler} + {plan.pruner}, {plan.n_workers} worker(s)"
     if plan.placement is not None:
         engine += f" on {plan.placement.describe(plan.n_workers)}"

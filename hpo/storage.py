@@ -1,7 +1,8 @@
 """The one storage every command reads and writes: an Optuna RDB storage (SQLite or PostgreSQL).
 
-Default: sqlite:///runs/hpo.db, or $HPO_STORAGE. SQLite runs in WAL mode with a generous lock
-timeout, so several local workers and a dashboard share one file without "database is locked".
+Default: hpo.db in the runs folder ($HPO_RUNS_DIR, or ./runs), or $HPO_STORAGE. SQLite runs
+in WAL mode with a generous lock timeout, so several local workers and a dashboard share one
+file without "database is locked".
 Every trial sends a heartbeat. A trial whose worker died (killed, crashed, preempted) goes
 silent; the next worker to look marks it failed with that reason and queues a retry of the same
 parameters, which resumes from the dead trial's last checkpoint (hpo.objective).
@@ -19,6 +20,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -35,7 +37,6 @@ from hpo.errors import HPOError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "sqlite:///runs/hpo.db"
 # A trial silent for the grace period has lost its worker. Environment overrides are for tests
 # and for clusters whose workers are preempted often (a shorter grace retries sooner).
 HEARTBEAT_INTERVAL_S = int(os.environ.get("HPO_HEARTBEAT_S", 20))
@@ -48,6 +49,7 @@ MAX_RETRIES = 3  # a trial that kills its worker every time is not retried forev
 STORAGE_RETRY_S = float(os.environ.get("HPO_STORAGE_RETRY_S", 120))
 STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 _reached: set[str] = set()  # PostgreSQL servers this process has connected to once
+_gone: dict[str, float] = {}  # ... and when one was last waited for in vain
 
 
 class _RollbackOnClose(sqlite3.Connection):
@@ -104,17 +106,26 @@ def _postgres_connect(conninfo: str):
     so a wrong URL is reported in seconds."""
     import psycopg
 
-    deadline, delay = time.monotonic() + STORAGE_RETRY_S, 0.5
+    start = time.monotonic()
+    deadline, delay = start + STORAGE_RETRY_S, 0.5
+    # a server just waited for in vain is not waited for again: the connections a failing run
+    # still opens on its way out (recording its trial, Optuna's own) each waited a whole
+    # window, and a run whose storage was gone took several windows to end
+    waited_in_vain = start - _gone.get(conninfo, -math.inf) < STORAGE_RETRY_S
     while True:
         try:
             db = psycopg.connect(conninfo)
         except psycopg.OperationalError:
-            if conninfo not in _reached or time.monotonic() + delay > deadline:
+            if conninfo not in _reached or waited_in_vain:
+                raise
+            if time.monotonic() + delay > deadline:
+                _gone[conninfo] = time.monotonic()
                 raise
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
             continue
         _reached.add(conninfo)
+        _gone.pop(conninfo, None)
         return db
 
 
@@ -240,7 +251,14 @@ def runs_dir() -> Path:
 
 
 def storage_url(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+    """--storage, else $HPO_STORAGE, else hpo.db in the runs folder ($HPO_RUNS_DIR or ./runs).
+    An empty one (a shell variable that was not set) is refused, not read as the default."""
+    if explicit is not None and not explicit.strip():
+        raise HPOError(
+            "--storage is empty: give a database URL, or leave the flag out for hpo.db in "
+            "the runs folder"
+        )
+    return explicit or os.environ.get("HPO_STORAGE") or f"sqlite:///{runs_dir() / 'hpo.db'}"
 
 
 def masked(url: str) -> str:
@@ -265,6 +283,13 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
             raise HPOError(
                 f"no SQLite database at {str(path)!r}: check --storage or $HPO_STORAGE "
                 "(hpo.run creates it)"
+            )
+        if not path.parent.is_dir() and path.parent.resolve() != runs_dir().resolve():
+            # only the default location is made on first use: a mistyped folder is an error,
+            # not a new database where nobody will look for it
+            raise HPOError(
+                f"no folder {str(path.parent)!r} for the SQLite database {path.name!r}: "
+                "check --storage or $HPO_STORAGE, or create the folder"
             )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

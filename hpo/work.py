@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +21,17 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from hpo.errors import StudyFailedError
-from hpo.objective import COUNTED, IN_PLAY, Objective, SurplusTrialError, TrialFailed
+from hpo.objective import (
+    COUNTED,
+    IN_PLAY,
+    Objective,
+    SurplusTrialError,
+    TrialFailed,
+    clean_checkpoints,
+)
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress
 from hpo.record import DIVERGED, SURPLUS, TrialRecord
@@ -93,6 +102,8 @@ def work(plan: WorkerPlan, progress: Progress | None = None) -> None:
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         streak.add(trial)
         fail_crashed_trials(study)
+        if not plan.keep_checkpoints:  # the disk a study takes stays bounded as it goes
+            clean_checkpoints(study, root)
         if _count(study, IN_PLAY) >= plan.target or streak.hopeless:
             study.stop()
         # back to the loop, which re-evaluates the incumbent if that is due, or stops
@@ -182,10 +193,23 @@ def _worker_process(plan: WorkerPlan) -> None:
     if plan.gpu is not None:
         # before anything touches CUDA: the worker's trials train on its "cuda:0"
         os.environ["CUDA_VISIBLE_DEVICES"] = plan.gpu
+    # tqdm's default lock is a multiprocessing semaphore, which a worker killed with SIGKILL
+    # would leave for the parent's resource tracker to warn about; a worker needs no such lock
+    tqdm.set_lock(threading.RLock())
+    signal.signal(signal.SIGINT, _interrupt_once)
     sys.exit(run_cli(lambda: _work_in_process(plan), interrupted=None))
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """A worker's first Ctrl-C (or SIGTERM) stops it; the next ones (a terminal's Ctrl-C and
+    the parent's forwarded one both arrive) must not cut short the recording of its trial."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _work_in_process(plan: WorkerPlan) -> int:
+    signal.signal(signal.SIGTERM, _interrupt_once)  # run_cli set its own: one is enough here
     try:
         work(plan)
     except Exception as e:
@@ -218,21 +242,26 @@ def _run_processes(plan: WorkerPlan, study: optuna.Study, progress: Progress) ->
                 os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=120)
-        for i, code in _unclean_exits(procs).items():
+        failed = _unclean_exits(procs)
+        if failed and _count(study, (TrialState.RUNNING,)):  # said only where it is so
+            how = ", ".join(f"worker {i} {exit_description(c)}" for i, c in failed.items())
             print(
-                f"worker {i} {exit_description(code)} after Ctrl-C instead of stopping cleanly; "
-                f"its running trial is retried after {GRACE_PERIOD_S}s of silence when the "
-                "study resumes",
+                f"{how} after Ctrl-C instead of stopping cleanly; its running trial is "
+                f"retried after {GRACE_PERIOD_S}s of silence when the study resumes",
                 file=sys.stderr,
             )
         raise
     failed = _unclean_exits(procs)
-    if failed:
-        how = ", ".join(f"worker {i} {exit_description(code)}" for i, code in failed.items())
-        raise StudyFailedError(
-            f"{how}; their trials are retried from their checkpoints when the study resumes "
-            "(rerun the same command)"
-        )
+    if not failed:
+        return
+    how = ", ".join(f"worker {i} {exit_description(code)}" for i, code in failed.items())
+    if _count(study, COUNTED) >= plan.target:  # the others finished its trials
+        print(f"{how}; the other workers took its trials over", file=sys.stderr)
+        return
+    raise StudyFailedError(
+        f"{how}; their trials are retried from their checkpoints when the study resumes "
+        "(rerun the same command)"
+    )
 
 
 def _unclean_exits(procs: list) -> dict[int, int | None]:

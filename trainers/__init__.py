@@ -8,6 +8,7 @@ from trainers.config import TrainConfig, parse_sets
 from trainers.errors import (
     ConfigError,
     CorpusError,
+    DiskFullError,
     DivergedError,
     OutOfMemoryError,
     TrainerError,
@@ -20,6 +21,7 @@ from trainers.preflight import preflight
 __all__ = [
     "ConfigError",
     "CorpusError",
+    "DiskFullError",
     "DivergedError",
     "OutOfMemoryError",
     "StopTraining",

@@ -7,15 +7,20 @@ rename, so a crash mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainers.errors import DiskFullError
+
 log = logging.getLogger(__name__)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 LAST = "last.pt"  # full state, for resuming
 BEST = "best.pt"  # model weights at the best validation loss, for scoring
@@ -37,7 +42,31 @@ def save(path: Path, state: dict[str, Any]) -> None:
         # way out ("unexpected pos"); what happened is the interrupt, and callers handle that
         if not isinstance(e, KeyboardInterrupt) and isinstance(e.__context__, KeyboardInterrupt):
             raise e.__context__ from None
+        # a full disk comes out as ENOSPC, or as that same RuntimeError of the zip writer
+        if isinstance(e, OSError | RuntimeError):
+            needed, free = size_of(state), shutil.disk_usage(path.parent).free
+            if _no_space(e) or free < needed:
+                raise DiskFullError(str(path.parent), free, needed) from e
         raise
+
+
+def size_of(state: Any) -> int:
+    """Bytes of the tensors in a checkpoint: about what it takes on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(size_of(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(size_of(v) for v in state)
+    return 0
+
+
+def _no_space(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def load(path: Path) -> dict[str, Any] | None:

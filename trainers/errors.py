@@ -34,6 +34,25 @@ class DivergedError(TrainerError):
         self.limit = limit
 
 
+class DiskFullError(TrainerError):
+    """A checkpoint could not be written for lack of space on its folder's device; the
+    previous checkpoint there is intact (writes are atomic)."""
+
+    def __init__(self, folder: str, free: int, needed: int) -> None:
+        super().__init__(
+            f"no space left for a checkpoint in {folder} ({_mib(free)} free, about "
+            f"{_mib(needed)} needed): free some, or set HPO_RUNS_DIR to a larger disk"
+        )
+        self.folder, self.free, self.needed = folder, free, needed
+
+    def __reduce__(self) -> tuple:
+        return DiskFullError, (self.folder, self.free, self.needed)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 class OutOfMemoryError(TrainerError):
     """The device ran out of memory; the trainer has already released what it could."""
 

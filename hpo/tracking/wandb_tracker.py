@@ -5,11 +5,14 @@ Named wandb_tracker.py, not wandb.py: `import wandb` here must find the library.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import netrc
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from urllib.parse import urlparse
 
 import optuna
 
-from hpo.storage import runs_dir
+from hpo.storage import masked, runs_dir
 from hpo.tracking.base import Tracker
 from hpo.tracking.settings import DEFAULT_PROJECT, Tracking
 
@@ -56,18 +59,19 @@ class WandbTracker(Tracker):
 
         _check_writable(self.root)  # else wandb quietly writes to a temp folder instead
         study = meta.get("study") or self.settings.study
-        self._run = wandb.init(
-            project=self.settings.project or DEFAULT_PROJECT,
-            group=study or None,
-            name=name,
-            job_type=kind,
-            config=config,
-            tags=[t for t in (study, kind) if t],
-            dir=str(self.root),
-            mode=self.mode,
-            reinit="create_new",
-            settings=wandb.Settings(console="off", silent=True),
-        )
+        with _masked_argv():
+            self._run = wandb.init(
+                project=self.settings.project or DEFAULT_PROJECT,
+                group=study or None,
+                name=name,
+                job_type=kind,
+                config=config,
+                tags=[t for t in (study, kind) if t],
+                dir=str(self.root),
+                mode=self.mode,
+                reinit="create_new",
+                settings=wandb.Settings(console="off", silent=True),
+            )
         return {"backend": "wandb", "run_id": self._run.id, "dir": str(Path(self._run.dir).parent)}
 
     def _log(self, step: int, metrics: dict[str, float]) -> None:
@@ -105,6 +109,18 @@ def wandb_mode() -> str:
         # itself would be without one
         log.debug("no W&B key in ~/.netrc (%s: %s): offline", type(e).__name__, e)
         return "offline"
+
+
+@contextlib.contextmanager
+def _masked_argv() -> Iterator[None]:
+    """W&B records the command line (sys.argv) in its run files, and uploads it: a password in
+    a --storage URL goes there masked, as hpo prints it."""
+    argv = sys.argv
+    sys.argv = [masked(arg) for arg in argv]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def _check_writable(folder: Path) -> None:

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import plots
 from hpo.analyze import analyze, attach
 from hpo.importance import importance_intervals
 
@@ -234,3 +235,23 @@ def test_no_completed_trial_yet_still_writes_the_summary(tmp_path):
     assert "no trial of study 'early' has completed yet" in out.stderr
     summary = (tmp_path / "runs" / "early" / "report" / "summary.md").read_text()
     assert "No trial has completed yet." in summary and "Traceback" not in out.stderr
+
+
+def test_plots_of_a_parameter_with_one_value_say_nothing_on_stderr(tmp_path, capfd):
+    """A conditional parameter can have one value among the trials a plot shows; Optuna's
+    warning about it does not reach the user's terminal (the plot shows it)."""
+    study = optuna.create_study()
+    for i in range(6):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=float(i),
+                params={"a": i / 10, "b": 1.0},
+                distributions={
+                    "a": optuna.distributions.FloatDistribution(0, 1),
+                    "b": optuna.distributions.FloatDistribution(0, 2),
+                },
+            )
+        )
+    files = plots.save_all(study, study.trials[:3], None, ["a", "b"], tmp_path)
+    assert tmp_path / "contour.png" in files
+    assert "unique value length" not in capfd.readouterr().err

@@ -11,6 +11,8 @@ import optuna
 import pytest
 import torch
 
+from hpo.storage import storage_url
+
 CUDA_OR_MPS = "mps" if torch.cuda.is_available() else "cuda"  # a device this machine lacks
 
 
@@ -130,3 +132,22 @@ def test_dashboard_on_a_port_in_use_is_one_line(world):
         line
         == f"error: cannot listen on 127.0.0.1:{port} (Address already in use): pick another --port"
     )
+
+
+def test_a_sqlite_url_in_a_folder_that_does_not_exist_is_refused(world):
+    """A mistyped folder in --storage is an error, not a new database nobody will look for."""
+    missing = world[0] / "no-such-folder" / "hpo.db"
+    line = refused(world, "hpo.run", "--study", "smoke", "--storage", f"sqlite:///{missing}")
+    assert line.startswith(f"error: no folder '{missing.parent}' for the SQLite database")
+    assert not missing.parent.exists()
+
+
+def test_an_empty_storage_is_refused_not_read_as_the_default(world):
+    line = refused(world, "hpo.run", "--study", "smoke", "--storage", "")
+    assert line.startswith("error: --storage is empty: give a database URL")
+
+
+def test_the_default_database_is_in_the_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    monkeypatch.setenv("HPO_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert storage_url() == f"sqlite:///{tmp_path / 'elsewhere' / 'hpo.db'}"

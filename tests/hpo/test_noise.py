@@ -18,7 +18,9 @@ from scipy import stats
 from hpo import noise
 from hpo import record as records
 from hpo.noise import Run, Spent, estimate, gains_below_noise, next_reevaluation
+from hpo.progress import summary
 from hpo.record import TrialRecord
+from hpo.session import RunRequest, load_request, open_study, run_study
 from hpo.storage import RetryCrashedTrial, Storage
 from hpo.validate import configs_to_validate
 from tests.helpers import COUNTED, run, run_hpo, run_ray, sqlite_url, trials_at
@@ -301,3 +303,20 @@ def test_a_flat_ray_study_stops_below_noise(tmp_path, ray_env):
     # the searcher asked for no more: the trials running when it fired finish, no new ones
     assert noise.MIN_TRIALS_TO_STOP <= len(study.get_trials()) < 40
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+
+
+def test_a_share_too_small_to_measure_the_noise_is_said_with_one_that_would(tmp_path, monkeypatch):
+    """noise.seeds 2 at a 5% share, 8 trials: two trials' re-evaluations would take a third of
+    the compute; the summary says so, and what share would measure the noise."""
+    monkeypatch.setenv("HPO_RUNS_DIR", str(tmp_path / "runs"))
+    request = RunRequest(
+        study=noise_study(tmp_path, seeds=2, max_share=0.05),
+        trials=8,
+        storage=sqlite_url(tmp_path),
+    )
+    study, plan = open_study(request, load_request(request))
+    run_study(study, plan, progress=False)
+    text = summary(study, target=8, wall_time_s=1.0)
+    # 2 trials x 2 runs x 30 steps against 8 x 30 of search: 120 / 360
+    assert "seed noise not measured: the re-evaluations that measure it take 33%" in text
+    assert "raise it to 0.35, or run more trials" in text

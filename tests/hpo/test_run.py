@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -22,7 +24,10 @@ from tests.helpers import (
     sqlite_url,
     trials_at,
     trials_so_far,
+    wait_for,
 )
+
+RETRIES = optuna.storages.RetryHeartbeatStaleTrialCallback  # what a queued retry retries
 
 
 @pytest.mark.slow  # real studies trained end to end
@@ -225,10 +230,110 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_goes_on(tmp_path, cache_dir, workers, 
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]
     assert "rerun the same command to continue" in err
+    # said once, and true: no worker is reported as stopping uncleanly next to it
+    assert "instead of stopping cleanly" not in err, err[-3000:]
     ts = trials_at(tmp_path)
     assert not [t.number for t in ts if t.state == TrialState.RUNNING], err[-3000:]
     interrupted = [t for t in ts if t.state == TrialState.FAIL]
     reasons = [TrialRecord.of(t).stop_reason for t in interrupted]
     assert reasons == ["interrupted"] * workers, err[-3000:]
+    # each is queued to go on where it was
+    waiting = [t for t in ts if t.state == TrialState.WAITING]
+    assert sorted(RETRIES.retry_history(t)[-1] for t in waiting) == [t.number for t in interrupted]
     run_hpo(tmp_path, "--study", "smoke", "--trials", "4", *SMOKE_FAST)
     assert len(counted(trials_at(tmp_path))) == 4
+
+
+@pytest.mark.slow  # worker processes, one killed
+def test_a_killed_worker_process_is_said_once_and_the_others_reach_the_target(tmp_path, cache_dir):
+    """kill -9 of one of hpo.run's worker processes: the others take its trial over (after
+    the grace period), the study reaches its target, and the run says what happened in one
+    line and exits 0: no "rerun the same command", no leaked-semaphore warning."""
+    env = {
+        **os.environ,
+        "HPO_RUNS_DIR": str(tmp_path / "runs"),
+        "HPO_HEARTBEAT_S": "1",
+        "HPO_GRACE_S": "4",
+    }
+    args = ["--study", "smoke", "--trials", "4", "--workers", "2", "--pruner", "none"]
+    proc = subprocess.Popen(
+        command("hpo.run", "--storage", sqlite_url(tmp_path), *args, *sets("train.max_steps=200")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                sum(
+                    t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2
+                    for t in trials_so_far(tmp_path)
+                )
+                == 2
+            ),
+            what="both workers mid-trial",
+        )
+        (victim, *_) = _worker_pids(proc.pid)
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert err.count("was killed by SIGKILL") == 1, err[-3000:]
+    assert "the other workers took its trials over" in err
+    assert "rerun the same command" not in err and "leaked semaphore" not in err, err[-3000:]
+    ts = trials_at(tmp_path)
+    assert len(counted(ts)) == 4
+    assert [TrialRecord.of(t).stop_reason for t in ts if t.state == TrialState.FAIL] == ["crashed"]
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """hpo.run's spawned worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+@pytest.mark.slow  # a study trained, interrupted and rerun
+def test_an_interrupted_trial_goes_on_from_its_last_checkpoint(tmp_path, cache_dir):
+    """Ctrl-C on a long trial, then the same command again: the trial is not thrown away but
+    continued from the step of its last checkpoint, as a crashed trial's retry is."""
+    args = ["--study", "smoke", "--trials", "1", "--pruner", "none", *sets("train.max_steps=400")]
+    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.Popen(
+        command("hpo.run", "--storage", sqlite_url(tmp_path), *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: any(len(t.intermediate_values) >= 5 for t in trials_so_far(tmp_path)),
+            what="five evaluations",
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    (stopped,) = trials_at(tmp_path)[:1]
+    assert TrialRecord.of(stopped).stop_reason == "interrupted"
+    folder = tmp_path / "runs" / "smoke" / "checkpoints" / f"trial_{stopped.number}"
+    saved = torch.load(folder / "last.pt", weights_only=True)["step"]
+    assert saved >= 50
+
+    out = run_hpo(tmp_path, *args)
+    ts = trials_at(tmp_path)
+    (again,) = [t for t in ts if TrialRecord.of(t).retry_of == stopped.number]
+    record = TrialRecord.of(again)
+    assert again.state == TrialState.COMPLETE and again.params == stopped.params
+    assert record.resumed_from_step == saved and record.steps == 400
+    assert set(stopped.intermediate_values) <= set(again.intermediate_values)
+    assert len(counted(ts)) == 1, out.stderr  # the total: the continued trial is the one

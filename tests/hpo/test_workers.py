@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import subprocess
+import time
 from collections import Counter
 
 import optuna
@@ -25,6 +26,7 @@ from tests.helpers import (
     http_get,
     run,
     sets,
+    sqlite_url,
     start,
     wait_for,
     watch_with_dashboard,
@@ -287,6 +289,39 @@ def test_a_password_in_the_storage_url_is_never_shown_or_written(pg_url, env, tm
     assert "# Analysis of smoke" in run("hpo.analyze", "--resamples", "2", env=env).stdout
 
 
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_no_tracker_writes_the_storage_password(tracker, pg_url, env, tmp_path):
+    """W&B records the command line in its run files (and would upload it with wandb sync);
+    MLflow keeps its runs under runs/ too. Every file they or hpo wrote, W&B's own folders
+    included, is free of the password."""
+    secret = "s3cr3t-pw"
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")
+    home = tmp_path / "home"  # W&B's settings, cache and data: where the test can read them
+    env = {k: v for k, v in env.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "config"), WANDB_MODE="offline")
+    env.update(WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"))
+    args = ["--study", "smoke", "--trials", "2", "--tracking", tracker, *SMOKE_FAST]
+    out = run("hpo.run", *args, "--storage", url, env=env)
+    assert secret not in out.stdout + out.stderr
+    written = [p for folder in (tmp_path / "runs", home) for p in folder.rglob("*") if p.is_file()]
+    assert len(written) > 5, written  # the tracker wrote its files where they are read here
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+
+
 def test_a_killed_worker_process_is_named_with_its_signal():
     assert exit_description(-signal.SIGKILL) == "was killed by SIGKILL"
     assert exit_description(1) == "exited with code 1 (its error is above)"
+
+
+def test_a_worker_started_before_the_study_waits_for_it(env, tmp_path):
+    """hpo.worker --wait on a SQLite file that hpo.run has not created yet: it waits, joins
+    the study once it is there, and ends with it."""
+    url = sqlite_url(tmp_path)
+    worker = start("hpo.worker", "--study", "fake", "--storage", url, "--wait", "120", env=env)
+    time.sleep(4)
+    assert worker.poll() is None and not (tmp_path / "hpo.db").exists()  # waiting, not refused
+    run("hpo.run", "--study", fake_study(tmp_path), "--storage", url, "--trials", "30", env=env)
+    code, _, err = finish(worker)
+    assert code == 0, err[-2000:]
+    assert sum(t.state in COUNTED for t in load(url, "fake").get_trials()) == 30
