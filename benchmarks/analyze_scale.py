@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from hpo.analyze import analyze, attach
+from hpo.analysis.analyze import analyze, attach
 from hpo.record import TrialRecord, write
 from hpo.storage import open_storage
 

@@ -23,7 +23,7 @@ from pathlib import Path
 # run as a script: this folder is on the path
 from search_efficiency import merge_runs, steps_to_reach
 
-from hpo.stats import median_interval
+from hpo.validation.stats import median_interval
 
 PLAIN = "optuna-tpe+hyperband"
 

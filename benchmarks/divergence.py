@@ -33,10 +33,10 @@ from search_efficiency import BENCH_SETS, StopAtBudget
 
 from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
-from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import load_study_spec
+from hpo.validation.stats import compare_paired
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.ERROR)

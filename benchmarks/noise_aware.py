@@ -36,10 +36,10 @@ from hpo.objective import Objective, TrialFailed
 from hpo.plan import WorkerPlan
 from hpo.record import TrialRecord
 from hpo.reevaluation import Reevaluations
-from hpo.stats import compare_paired
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import NoiseSpec, load_study_spec
+from hpo.validation.stats import compare_paired
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -68,12 +68,12 @@ from ray.tune.stopper import Stopper
 from hpo.manifest import environment
 from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
-from hpo.stats import compare_paired, median_interval
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import StudySpec, baseline_params, load_study_spec
 from hpo.trainable import BUILTIN_ENTRY, flatten, load_trainable
-from hpo.validate import SEED_BASE, Job, run_job
+from hpo.validation.stats import compare_paired, median_interval
+from hpo.validation.validate import SEED_BASE, Job, run_job
 from trainers import DivergedError, StopTraining, TrainConfig, train
 from trainers.device import device_name
 

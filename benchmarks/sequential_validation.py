@@ -17,8 +17,8 @@ import argparse
 
 import numpy as np
 
-from hpo.sequential import look, looks
-from hpo.stats import ALPHA
+from hpo.validation.sequential import look, looks
+from hpo.validation.stats import ALPHA
 
 
 def simulate(d_z: float, dist: str, reps: int, max_seeds: int, seed: int) -> dict[str, float]:

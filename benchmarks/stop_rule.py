@@ -37,7 +37,7 @@ from search_efficiency import BENCH_SETS, test_losses
 
 from hpo import noise
 from hpo.record import TrialRecord
-from hpo.stats import compare_paired
+from hpo.validation.stats import compare_paired
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # optuna.terminator is deprecated
 optuna.logging.set_verbosity(optuna.logging.ERROR)

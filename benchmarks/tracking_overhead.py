@@ -22,9 +22,9 @@ from pathlib import Path
 import optuna
 
 from hpo.objective import Objective
-from hpo.replay import replay_trial
 from hpo.study_spec import load_study_spec
 from hpo.tracking import make_tracker, resolve_tracking
+from hpo.validation.replay import replay_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -7,46 +7,34 @@ hpo.dashboard, which take a study YAML):
     validate_winner(study, seeds=10)  its winner against its baseline, paired seeds, test split
     Run                               what a training function train(config, run) reports to
     Trainable                         a training function with hooks (hpo.trainable)
-    StopTrial, Diverged, InvalidConfig, OutOfMemory, ContractError, HPOError
+    StopTrial, Diverged, InvalidConfig, OutOfMemory, ContractError, HPOError (the root of
+                                      hpo's errors), UsageError (bad input)
 
-The package's own file map:
+The package's own file map (folders name the architecture):
 
-    doors (argparse only)
-        run.py          python -m hpo.run: tune a study (--backend ray: hpo/raytune/)
-        worker.py       python -m hpo.worker: join a running study from any machine
-        analyze.py      python -m hpo.analyze: importance, range advice, plots
-        validate.py     python -m hpo.validate: the winner against the baseline, many seeds
-        dashboard.py    python -m hpo.dashboard: optuna-dashboard on hpo's storage
-        flags.py        the flags several commands share (--study, --study-name, --storage)
-        api.py          tune() and validate_winner(): the doors from Python
-    the seam
-        seam.py         Run (what a training function sees), execute (how every engine calls it)
-        trainable.py    what hpo trains: "module:function", and the hooks a Trainable may answer
-        gpt.py          the built-in GPT trainer (trainers/) as a trainable
-        space.py        a study's search space: hpo's building blocks and the user's suggest
-    core
-        session.py      check a run's inputs, create or join a study, run it: banner, summary
-        plan.py         WorkerPlan: what every worker of a study follows
-        work.py         one worker's loop, and the supervision of several worker processes
-        reevaluation.py a worker's seed re-runs of the incumbent, and the stop rule
-        noise.py        seed noise: the companion study of re-runs, means, ties, the stop rule
-        objective.py    the Optuna engine: an Optuna trial -> the trainable -> value and record
-        record.py       TrialRecord: what a trial leaves in storage (one writer, one reader)
-        study_spec.py   studies are data: the YAML schema and its checks
-        strategy.py     the sampler and pruner of a study
-        storage.py      SQLite / PostgreSQL, heartbeats, crashed trials retried
-        manifest.py     what produced a number: code, packages, hardware, data, config
-        progress.py     the live bar, one line per trial, the summary
-        errors.py       HPOError (exit 2), StudyFailedError (exit 1): trainers.cli prints them
-    engines
-        raytune/        the Ray Tune backend (its own file map)
-        tracking/       W&B, MLflow, or nothing (its own file map)
-    read-only consumers of a study
-        diagnostics.py, importance.py, plots.py   what hpo.analyze computes
-        stats.py, sequential.py,                  what hpo.validate concludes (and when its
-        validation_report.py                      seeds may stop)
-        replay.py       python -m hpo.run --replay N: a trial trained again from its manifest
-        artifacts.py    plots and reports attached to a study for the dashboard
+    public API      __init__.py, api.py: tune() and validate_winner(), the doors from Python
+    the seam        seam.py (Run, execute), trainable.py (what hpo trains, "module:function"),
+                    space.py (a study's search space), gpt.py (the built-in GPT trainer, the
+                    seam's first user)
+    tuning core     session.py (check, create or join, run a study), plan.py (WorkerPlan),
+                    trial_loop.py (one worker's loop; several worker processes supervised),
+                    objective.py (an Optuna trial -> the trainable -> value and record),
+                    strategy.py (sampler, pruner), devices.py (GPUs per worker), progress.py
+                    (bar, lines, summary), study_spec.py (the YAML schema and its checks),
+                    record.py (TrialRecord), manifest.py, noise.py and reevaluation.py (seed
+                    noise while tuning), artifacts.py (files for the dashboard), errors.py
+                    (HPOError, the one root), storage.py (SQLite / PostgreSQL, heartbeats,
+                    retries; the one module that touches Optuna's internals)
+    cli/            the doors: flags -> a request dataclass -> one core call; command.py is
+                    the one place an error becomes a line and an exit code. hpo/run.py,
+                    worker.py, dashboard.py, analyze.py, validate.py only let `python -m
+                    hpo.run` (...) reach them
+    analysis/       read-only: analyze.py (hpo.analyze's core), importance.py, diagnostics.py,
+                    plots.py
+    validation/     validate.py (hpo.validate's core), stats.py, sequential.py, report.py,
+                    replay.py (a trial trained again from its manifest)
+    raytune/        the Ray Tune backend (its own file map)
+    tracking/       W&B, MLflow, or nothing (its own file map)
 """
 
 from __future__ import annotations
@@ -63,7 +51,7 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 if TYPE_CHECKING:
     from hpo.api import tune, validate_winner
-    from hpo.errors import HPOError
+    from hpo.errors import HPOError, UsageError
     from hpo.seam import ContractError, Diverged, InvalidConfig, OutOfMemory, Run, StopTrial
     from hpo.trainable import Trainable
 
@@ -80,6 +68,7 @@ _PUBLIC = {
     "ContractError": "hpo.seam",
     "Trainable": "hpo.trainable",
     "HPOError": "hpo.errors",
+    "UsageError": "hpo.errors",
 }
 __all__ = [
     "ContractError",
@@ -90,6 +79,7 @@ __all__ = [
     "Run",
     "StopTrial",
     "Trainable",
+    "UsageError",
     "tune",
     "validate_winner",
 ]

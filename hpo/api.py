@@ -28,8 +28,8 @@ import optuna
 from hpo.session import RunRequest, load_request, open_study, run_study
 from hpo.study_spec import parse_spec
 from hpo.trainable import Trainable, register
-from hpo.validate import ValidateRequest, validate_study
-from hpo.work import quiet_optuna
+from hpo.trial_loop import quiet_optuna
+from hpo.validation.validate import ValidateRequest, validate_study
 
 Space = dict[Any, dict[str, Any] | None] | Callable[..., dict[str, Any]]
 
@@ -65,7 +65,7 @@ def tune(
     your suggest function. config: fixed settings (dotted keys) every trial gets. objective and
     direction: the metric train reports ({split}/{name}) and which way is better. sampler and
     pruner: a name, or their study-YAML mapping. tracking: "wandb" or "mlflow" (at
-    tracking_uri). Raises HPOError for bad input."""
+    tracking_uri). Raises UsageError for bad input."""
     quiet_optuna(verbose)
     entry = train if isinstance(train, str) else register(train)
     spaces = space if isinstance(space, dict) else {space: {}}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 
 LOCKS = Path(tempfile.gettempdir()) / "hpo-gpu-locks"
 
@@ -67,12 +67,12 @@ def place_workers(
     """How many worker processes to run, and on which GPUs. Without GPUs (or on the CPU) one
     worker unless told otherwise; with G GPUs, G x trials_per_gpu."""
     if trials_per_gpu is not None and trials_per_gpu < 1:
-        raise HPOError(f"--trials-per-gpu must be at least 1, but got {trials_per_gpu}")
+        raise UsageError(f"--trials-per-gpu must be at least 1, but got {trials_per_gpu}")
     gpus = visible_gpus() if device in ("auto", "cuda") else ()
     if not gpus:
         if trials_per_gpu is not None:
             where = "train.device=cpu" if device not in ("auto", "cuda") else "no GPU is visible"
-            raise HPOError(
+            raise UsageError(
                 f"--trials-per-gpu packs trials on GPUs, but {where} "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
                 f"torch sees {torch.cuda.device_count()}); drop it, or use --workers"
@@ -81,7 +81,7 @@ def place_workers(
     per_gpu = trials_per_gpu or 1
     slots = len(gpus) * per_gpu
     if workers is not None and trials_per_gpu is not None and workers > slots:
-        raise HPOError(
+        raise UsageError(
             f"--workers {workers} would put more than --trials-per-gpu {per_gpu} trials on some "
             f"of the {len(gpus)} GPU(s) {','.join(gpus)}: give --workers {slots} or fewer"
         )

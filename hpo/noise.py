@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.manifest import manifest_config
 from hpo.record import SURPLUS, TrialRecord
+from hpo.storage import storage_of
 from hpo.trainable import SEED_KEY
 
 SUFFIX = ":seeds"
@@ -51,8 +52,7 @@ def open_seeds_study(study: optuna.Study) -> optuna.Study:
     """The companion study of `study`'s re-evaluations, created on first use (by any worker)."""
     return optuna.create_study(
         study_name=seeds_study_name(study.study_name),
-        # Optuna has no public handle on a study's storage; the companion lives in the same one
-        storage=study._storage,
+        storage=storage_of(study),  # the companion lives in the same storage
         direction=study.direction,
         sampler=optuna.samplers.RandomSampler(),  # every parameter is fixed when enqueued
         pruner=optuna.pruners.NopPruner(),  # a re-evaluation trains to the end
@@ -67,7 +67,7 @@ def reevaluation_config(
     manifest: the study's settings of that run, not today's --set) with train.seed + k; or,
     for a trial without a manifest, `fallback` (its parameters on today's settings) so."""
     study = optuna.load_study(
-        study_name=seeds_study.study_name.removesuffix(SUFFIX), storage=seeds_study._storage
+        study_name=seeds_study.study_name.removesuffix(SUFFIX), storage=storage_of(seeds_study)
     )
     origin = study.get_trials(deepcopy=False)[record.reevaluates]
     manifest = TrialRecord.of(origin).manifest
@@ -79,7 +79,7 @@ def find_seeds_study(study: optuna.Study) -> optuna.Study | None:
     """The companion study, or None when the study has never re-evaluated a trial."""
     try:
         return optuna.load_study(
-            study_name=seeds_study_name(study.study_name), storage=study._storage
+            study_name=seeds_study_name(study.study_name), storage=storage_of(study)
         )
     except KeyError:
         return None

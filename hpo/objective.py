@@ -56,6 +56,7 @@ from hpo.storage import (
     exception_chain,
     first_line,
     storage_failure,
+    trial_id,
 )
 from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker
@@ -133,7 +134,7 @@ class Objective:
         fixed = self.spec.fixed_config(self.sets)  # the study's fixed settings, --set applied
         overrides = space.suggest(trial, self.spec.search_space)
         # Optuna has no public view of a running trial's inherited values and system attrs
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        frozen = trial.storage.get_trial(trial_id(trial))
         # an out-of-memory retry comes with its own record, and so does a re-evaluation
         enqueued = TrialRecord.of(frozen)
         try:
@@ -389,7 +390,7 @@ def _record_interrupt(trial: optuna.Trial, interrupt: BaseException) -> None:
     gc.collect()  # frames in reference cycles hold the statement too
     # an interrupt inside SQLAlchemy's bookkeeping can spoil the next session too
     for attempt in range(3):
-        trial.study._storage.remove_session()
+        trial.storage.remove_session()
         try:
             fail(trial, records.INTERRUPTED, INTERRUPTED_REASON)
             _queue_resume(trial)
@@ -408,7 +409,7 @@ def _queue_resume(trial: optuna.Trial) -> None:
     checkpoint folder to the new trial and goes on from its last save. One interrupted before
     its parameters were sampled has nothing to go on from."""
     if trial.params:
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        frozen = trial.storage.get_trial(trial_id(trial))
         RetryCrashedTrial(max_retry=None, inherit_intermediate_values=True)(trial.study, frozen)
 
 

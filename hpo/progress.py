@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from hpo import noise
-from hpo.diagnostics import pruning_stats
+from hpo.analysis.diagnostics import pruning_stats
 from hpo.objective import COUNTED
 from hpo.record import TrialRecord
 

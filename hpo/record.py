@@ -109,17 +109,6 @@ def enqueue(study: optuna.Study, params: dict[str, Any], record: TrialRecord) ->
     study.enqueue_trial(params, user_attrs={ATTR: record.to_json()})
 
 
-def write_by_number(study: optuna.Study, number: int, record: TrialRecord) -> None:
-    """Store the record of a running trial known only by its number (the Ray driver, a worker
-    failing another's dead trial). Optuna has no public call for this: it goes to the storage."""
-    study._storage.set_trial_user_attr(_trial_id(study, number), ATTR, record.to_json())
-
-
-def update(study: optuna.Study, number: int, **changes: Any) -> TrialRecord:
-    """Change some fields of a running trial's record; returns the new record."""
-    return update_by_id(study._storage, _trial_id(study, number), **changes)
-
-
 def update_by_id(
     storage: optuna.storages.BaseStorage, trial_id: int, **changes: Any
 ) -> TrialRecord:
@@ -127,10 +116,6 @@ def update_by_id(
     record = dataclasses.replace(TrialRecord.of(storage.get_trial(trial_id)), **changes)
     storage.set_trial_user_attr(trial_id, ATTR, record.to_json())
     return record
-
-
-def _trial_id(study: optuna.Study, number: int) -> int:
-    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
 
 
 _LEGACY_NAMES = {"params": "n_params"}

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.trainable import SEED_KEY, Trainable
 from trainers import DiskFullError, checkpoint
 
@@ -105,7 +105,7 @@ def disk_full(e: BaseException | None) -> BaseException | None:
     return None
 
 
-class ContractError(HPOError):
+class ContractError(UsageError):
     """The training function does not keep the seam's contract: the study stops (exit 2)."""
 
 

@@ -28,7 +28,7 @@ import optuna
 import pydantic
 
 from hpo.devices import Placement, place_workers
-from hpo.errors import HPOError, StudyFailedError
+from hpo.errors import StudyFailedError, UsageError
 from hpo.manifest import study_manifest
 from hpo.noise import STOPPED
 from hpo.objective import COUNTED, clean_checkpoints
@@ -48,7 +48,7 @@ from hpo.storage import (
 from hpo.study_spec import NoiseSpec, StudySpec, baseline_params, check_spec, load_study_spec
 from hpo.tracking import Tracking, make_tracker, resolve_tracking, tracking_from_study
 from hpo.trainable import importable
-from hpo.work import supervise
+from hpo.trial_loop import supervise
 from trainers import parse_sets
 
 TRAINING_SPLITS = ("train", "val")  # what tuning reads; hpo.validate adds "test"
@@ -112,9 +112,9 @@ def load_request(request: RunRequest) -> Checked:
         sets["train.device"] = request.device
     _check_workers_and_timeout(request.workers, request.timeout)
     if request.trials is not None and request.trials < 1:
-        raise HPOError(f"--trials must be at least 1, but got {request.trials}")
+        raise UsageError(f"--trials must be at least 1, but got {request.trials}")
     if request.seed is not None and not 0 <= request.seed < 2**32:
-        raise HPOError(f"--seed must be in [0, 2**32), but got {request.seed}")
+        raise UsageError(f"--seed must be in [0, 2**32), but got {request.seed}")
     if request.spec is not None:
         spec = request.spec
         check_spec(spec, spec.path or spec.name, sets)
@@ -130,7 +130,7 @@ def load_request(request: RunRequest) -> Checked:
     )
     local = [name for name in (spec.entry, *spec.search_space) if not importable(name)]
     if n_workers > 1 and local:
-        raise HPOError(
+        raise UsageError(
             f"--workers {n_workers}: worker processes cannot import {local[0]!r} (a function "
             "defined in a notebook or a script run as __main__); move it into a module, or "
             "run one worker"
@@ -154,15 +154,15 @@ def with_noise(spec: StudySpec, seeds: int | None, stop: bool | None) -> StudySp
         error = e.errors()[0]
         flag = "--noise-seeds" if error["loc"] == ("seeds",) else "--stop-below-noise"
         message = error["msg"].removeprefix("Value error, ")
-        raise HPOError(f"{flag}: {message}") from None
+        raise UsageError(f"{flag}: {message}") from None
     return spec.model_copy(update={"noise": noise})
 
 
 def _check_workers_and_timeout(workers: int | None, timeout: float | None) -> None:
     if workers is not None and workers < 1:
-        raise HPOError(f"--workers must be at least 1, but got {workers}")
+        raise UsageError(f"--workers must be at least 1, but got {workers}")
     if timeout is not None and not 0 < timeout < math.inf:
-        raise HPOError(f"--timeout must be a positive number of seconds, but got {timeout}")
+        raise UsageError(f"--timeout must be a positive number of seconds, but got {timeout}")
 
 
 def open_study(request: RunRequest, checked: Checked) -> tuple[optuna.Study, WorkerPlan]:
@@ -177,7 +177,7 @@ def open_study(request: RunRequest, checked: Checked) -> tuple[optuna.Study, Wor
         load_if_exists=True,
     )
     if study.direction.name.lower() != spec.objective.direction:
-        raise HPOError(
+        raise UsageError(
             f"study {name!r} in the storage was created to {study.direction.name.lower()}, "
             f"but the spec says {spec.objective.direction}; use another --study-name"
         )
@@ -225,7 +225,7 @@ def join_study(request: JoinRequest) -> tuple[optuna.Study, WorkerPlan]:
     study = _wait_for_study(request)
     attrs = study.user_attrs
     if "hpo.spec" not in attrs or "hpo.target" not in attrs:
-        raise HPOError(
+        raise UsageError(
             f"study {study.study_name!r} was not created by hpo.run (no spec stored on it); "
             "start it with python -m hpo.run first"
         )
@@ -273,7 +273,7 @@ def _wait_for_study(request: JoinRequest) -> optuna.Study:
             study = load_existing_study(request.study, request.storage)
             if "hpo.target" in study.user_attrs or time.monotonic() >= deadline:
                 return study
-        except HPOError:
+        except UsageError:  # no such study yet
             if time.monotonic() >= deadline:
                 raise
         time.sleep(WAIT_POLL_S)

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 import search_spaces
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.trainable import load_entry
 
 SpaceFn = Callable[..., dict[str, Any]]
@@ -31,14 +31,14 @@ def is_own(name: str) -> bool:
 
 
 def space_function(name: str) -> SpaceFn:
-    """The suggest function a search_space key names, or HPOError."""
+    """The suggest function a search_space key names, or UsageError."""
     if is_own(name):
         fn = load_entry(name, what="search_space")
         if not callable(fn):
-            raise HPOError(f"search_space {name!r} is not a function suggest(trial, **bounds)")
+            raise UsageError(f"search_space {name!r} is not a function suggest(trial, **bounds)")
         return fn
     if name not in search_spaces.SPACES:
-        raise HPOError(
+        raise UsageError(
             f"unknown search space {name!r}; valid: {', '.join(search_spaces.SPACES)}, "
             "or a suggest function of your own as 'module:function'"
         )

@@ -33,7 +33,7 @@ import optuna
 import sqlalchemy
 
 from hpo import record as records
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ class _RollbackOnClose(sqlite3.Connection):
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     """A generous lock timeout for parallel workers; synchronous=NORMAL, which in WAL mode
-    stays safe from corruption and cuts each commit's cost several-fold (BENCHMARKS.md). The
-    driver begins no transaction of its own: _begin_immediate does."""
+    stays safe from corruption and cuts each commit's cost several-fold
+    (benchmarks/results/search_efficiency.md). The driver begins no transaction of its own:
+    _begin_immediate does."""
     db = sqlite3.connect(
         path,
         timeout=120,
@@ -185,7 +186,7 @@ class Storage(optuna.storages.RDBStorage):
     ) -> optuna.trial.FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)
         if trial.state == optuna.trial.TrialState.RUNNING:
-            self._first_beat(trial._trial_id)
+            self._first_beat(trial_id(trial))
         return trial
 
     def set_trial_state_values(
@@ -217,6 +218,32 @@ class Storage(optuna.storages.RDBStorage):
                     self, trial_id, stop_reason=records.CRASHED, fail_reason=CRASH_REASON
                 )
         return stale
+
+
+# Optuna's internals, all in this module (checked against optuna 5.1.0; tests/hpo/test_storage.py
+# fails if Optuna changes them): a study's storage and a trial's id have no public accessor, and
+# Storage above overrides two private RDBStorage methods (_create_new_trial,
+# _get_stale_trial_ids). An optuna.Trial's storage is public: trial.storage.
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage `study` lives in (the companion study of seed re-runs shares it)."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (Optuna's public API speaks in trial numbers)."""
+    return trial._trial_id
+
+
+def trial_id_by_number(study: optuna.Study, number: int) -> int:
+    return storage_of(study).get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def update_record(study: optuna.Study, number: int, **changes: Any) -> records.TrialRecord:
+    """Change some fields of a running trial's record, the trial known by its number only (the
+    Ray driver, a worker failing another's dead trial); returns the new record."""
+    return records.update_by_id(storage_of(study), trial_id_by_number(study, number), **changes)
 
 
 def storage_failure(e: BaseException | None) -> BaseException | None:
@@ -254,7 +281,7 @@ def storage_url(explicit: str | None = None) -> str:
     """--storage, else $HPO_STORAGE, else hpo.db in the runs folder ($HPO_RUNS_DIR or ./runs).
     An empty one (a shell variable that was not set) is refused, not read as the default."""
     if explicit is not None and not explicit.strip():
-        raise HPOError(
+        raise UsageError(
             "--storage is empty: give a database URL, or leave the flag out for hpo.db in "
             "the runs folder"
         )
@@ -274,20 +301,20 @@ def public_url(url: str) -> str:
 
 def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage at `url` (create=False: an SQLite file must exist already, so that a
-    mistyped path is refused instead of left behind empty). Raises HPOError with the reason."""
+    mistyped path is refused instead of left behind empty). Raises UsageError with the reason."""
     url = _with_known_password(url)
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not create and not path.is_file():
-            raise HPOError(
+            raise UsageError(
                 f"no SQLite database at {str(path)!r}: check --storage or $HPO_STORAGE "
                 "(hpo.run creates it)"
             )
         if not path.parent.is_dir() and path.parent.resolve() != runs_dir().resolve():
             # only the default location is made on first use: a mistyped folder is an error,
             # not a new database where nobody will look for it
-            raise HPOError(
+            raise UsageError(
                 f"no folder {str(path.parent)!r} for the SQLite database {path.name!r}: "
                 "check --storage or $HPO_STORAGE, or create the folder"
             )
@@ -298,10 +325,10 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
             ) as db:  # WAL persists in the file: readers never block writers
                 db.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as e:
-            raise HPOError(f"cannot open SQLite storage {url!r}: {e}") from None
+            raise UsageError(f"cannot open SQLite storage {url!r}: {e}") from None
         engine_kwargs["creator"] = functools.partial(_sqlite_connect, str(path))
     elif "://" not in url:
-        raise HPOError(
+        raise UsageError(
             f"storage {url!r} is not a database URL; use e.g. sqlite:///runs/hpo.db "
             "or postgresql://user@host:5432/db"
         )
@@ -357,10 +384,10 @@ def _with_known_password(url: str) -> str:
     return env if env != url and public_url(env) == url else url
 
 
-def _storage_error(url: str, e: Exception) -> HPOError:
+def _storage_error(url: str, e: Exception) -> UsageError:
     """sqlalchemy's errors for bad URLs, missing drivers, refused connections: one line."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return HPOError(
+    return UsageError(
         f"cannot open storage {masked(url)}: {reason} "
         "(check the URL, that the server is running, and its driver is installed)"
     )
@@ -374,13 +401,22 @@ def last_study() -> dict | None:
         return None
 
 
+def stored_name(study: str | None, study_name: str | None) -> str | None:
+    """The name in the storage that --study and --study-name point at (None: not given)."""
+    if study_name:
+        return study_name
+    if study and (study.endswith((".yaml", ".yml")) or "/" in study):
+        return Path(study).stem
+    return study
+
+
 def load_existing_study(name: str | None, url: str | None) -> optuna.Study:
     """The named study (default: the one run last) from `url` (default: $HPO_STORAGE, else the
-    storage of the study run last, else the default); HPOError if there is none."""
+    storage of the study run last, else the default); UsageError if there is none."""
     last = last_study() or {}
     name = name or last.get("study_name")
     if not name:
-        raise HPOError("no study given and none run here yet: pass --study NAME")
+        raise UsageError("no study given and none run here yet: pass --study NAME")
     if url is None and not os.environ.get("HPO_STORAGE") and name == last.get("study_name"):
         url = last.get("storage")
     url = storage_url(url)
@@ -389,7 +425,7 @@ def load_existing_study(name: str | None, url: str | None) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
-        raise HPOError(
+        raise UsageError(
             f"no study {name!r} in {public_url(url)}; studies there: {', '.join(names) or 'none'}"
         ) from None
 

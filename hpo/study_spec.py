@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpo import space
-from hpo.errors import HPOError
+from hpo.errors import HPOError, UsageError
 from hpo.trainable import (
     BUILTIN_ENTRY,
     SEED_KEY,
@@ -221,11 +221,11 @@ def resolve_study_path(study: str) -> Path:
     path = Path(study).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise HPOError(f"study file {study!r} not found")
+            raise UsageError(f"study file {study!r} not found")
         return path
     shipped = STUDIES_DIR / f"{study}.yaml"
     if not shipped.is_file():
-        raise HPOError(
+        raise UsageError(
             f"unknown study {study!r}; shipped studies: {', '.join(study_names())} "
             "(or give the path of a YAML file)"
         )
@@ -233,22 +233,22 @@ def resolve_study_path(study: str) -> Path:
 
 
 def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudySpec:
-    """Find, parse and fully check a study. Raises HPOError with one line saying what is wrong."""
+    """Find, parse and fully check a study. Raises UsageError with one line saying what is wrong."""
     path = resolve_study_path(study)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise HPOError(
+        raise UsageError(
             f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the study as UTF-8"
         ) from None
     except OSError as e:
-        raise HPOError(f"{path}: cannot read the study: {e.strerror}") from None
+        raise UsageError(f"{path}: cannot read the study: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise HPOError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise UsageError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise HPOError(
+        raise UsageError(
             f"{path}: a study must be a YAML mapping of keys, but got {type(raw).__name__}"
         )
     spec = parse_spec(raw, name=path.stem, path=str(path))
@@ -257,7 +257,7 @@ def load_study_spec(study: str, *, sets: dict[str, Any] | None = None) -> StudyS
 
 
 def parse_spec(raw: dict[str, Any], *, name: str, path: str = "") -> StudySpec:
-    """A study from its keys (a YAML file's, or hpo.tune's), validated by the schema: HPOError
+    """A study from its keys (a YAML file's, or hpo.tune's), validated by the schema: UsageError
     naming the key (and `path`, or the study's name) with one line."""
     where = path or name
     try:
@@ -268,13 +268,13 @@ def parse_spec(raw: dict[str, Any], *, name: str, path: str = "") -> StudySpec:
         if err["type"] == "extra_forbidden":
             internal = ("name", "path") if len(err["loc"]) == 1 else ()  # filled in, not written
             valid = ", ".join(f for f in _fields_at(err["loc"][:-1]) if f not in internal)
-            raise HPOError(f"{where}: unknown key {key!r}; valid keys here: {valid}") from None
+            raise UsageError(f"{where}: unknown key {key!r}; valid keys here: {valid}") from None
         if err["type"] == "missing":
-            raise HPOError(f"{where}: missing required key {key!r}") from None
+            raise UsageError(f"{where}: missing required key {key!r}") from None
         message = err["msg"].removeprefix("Value error, ")
         got = repr(err.get("input"))
         got = got if len(got) <= 80 else got[:77] + "..."  # never the whole study back
-        raise HPOError(f"{where}: {key}: {message}, but got {got}") from None
+        raise UsageError(f"{where}: {key}: {message}, but got {got}") from None
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -288,14 +288,14 @@ def _fields_at(loc: tuple) -> list[str]:
 
 
 def check_spec(spec: StudySpec, where: str, sets: dict[str, Any] | None = None) -> None:
-    """Everything a run of `spec` will need, checked in memory: HPOError naming `where` (the
+    """Everything a run of `spec` will need, checked in memory: UsageError naming `where` (the
     study's file) with one line. Nothing is stored."""
     spec.trainable()  # it imports, and takes (config, run)
     for name, bounds in spec.search_space.items():
         accepted = space.bound_names(name)
         for bound in bounds or {}:
             if accepted is not None and bound not in accepted:
-                raise HPOError(
+                raise UsageError(
                     f"{where}: unknown bound {name}.{bound}; valid for {name}: "
                     f"{', '.join(accepted) or 'none'}"
                 )
@@ -303,16 +303,16 @@ def check_spec(spec: StudySpec, where: str, sets: dict[str, Any] | None = None) 
         spec.fixed_config()
         spec.baseline_config()
     except ValueError as e:
-        raise HPOError(f"{where}: {e}") from None
+        raise UsageError(f"{where}: {e}") from None
     try:
         base = spec.fixed_config(sets)
         spec.baseline_config(sets)
     except ValueError as e:
-        raise HPOError(f"--set: {e}") from None
+        raise UsageError(f"--set: {e}") from None
     try:
         owners = dry_run(spec, base).owners
     except ValueError as e:
-        raise HPOError(f"{where}: search_space: {e}") from None
+        raise UsageError(f"{where}: search_space: {e}") from None
     if spec.trainable().defaults() is None:
         _refuse_unknown_keys(spec, owners, sets or {}, where)
     # A --set on a key the space samples would have trained a value other than the trial's
@@ -333,7 +333,7 @@ def _refuse_unknown_keys(
         for key in keys:
             if key not in known:
                 device = " (--device sets it)" if key == "train.device" else ""
-                raise HPOError(
+                raise UsageError(
                     f"{origin}: unknown config key {key!r}{device}: neither the study's trainer "
                     f"settings nor its search space set it (known: {', '.join(sorted(known))})"
                 )
@@ -343,11 +343,11 @@ def baseline_params(spec: StudySpec, sets: dict[str, Any] | None) -> dict[str, A
     """The parameters of the trial that trains the study's baseline (sampler.baseline_first)."""
     where = f"{spec.path}: sampler.baseline_first"
     if not spec.baseline:
-        raise HPOError(f"{where}: the study has no baseline; add one or turn this off")
+        raise UsageError(f"{where}: the study has no baseline; add one or turn this off")
     try:
         return space.params_for(spec.search_space, spec.baseline_config(sets))
     except ValueError as e:
-        raise HPOError(
+        raise UsageError(
             f"{where}: the baseline is not a point of the search space ({e}); "
             "widen that range or turn this off"
         ) from None
@@ -396,7 +396,7 @@ def _refuse_fixing_tuned_keys(owners: dict[str, str], fixed: dict[str, Any], whe
     would be trained while the trial records the other."""
     for key in fixed:
         if key in owners:
-            raise HPOError(
+            raise UsageError(
                 f"{where} {key} is set by the search space {owners[key]!r} in every trial; "
                 f"change its bounds instead (search_space.{owners[key]} in the study YAML)"
             )

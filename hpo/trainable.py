@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     from hpo.seam import Run
@@ -60,7 +60,7 @@ class Trainable:
         self, config: dict[str, Any], *, splits: tuple[str, ...], device: bool = True
     ) -> None:
         """Check the machine and the data before a study is created (a missing corpus, a
-        device this machine lacks), raising HPOError with one line. `splits`: the data splits
+        device this machine lacks), raising UsageError with one line. `splits`: the data splits
         the runs will read (hpo.validate adds "test"); device=False: not this machine's (a Ray
         driver)."""
 
@@ -140,26 +140,26 @@ def importable(entry: str) -> bool:
 
 
 def load_entry(entry: str, *, what: str) -> Any:
-    """The object `entry` ("module:attribute") names, or HPOError saying why it cannot be
+    """The object `entry` ("module:attribute") names, or UsageError saying why it cannot be
     loaded. `what` names the setting in the message ("trainer.entry")."""
     if entry in _LOCAL:
         return _LOCAL[entry]
     module, sep, attr = entry.partition(":")
     if not sep or not module.strip() or not attr.strip():
-        raise HPOError(
+        raise UsageError(
             f"{what}: expected 'module:function' (e.g. 'mypkg.train:train'), but got {entry!r}"
         )
     try:
         return _import(entry)
     except ImportError as e:
         hint = "" if os.getcwd() in sys.path else " (is its folder on PYTHONPATH?)"
-        raise HPOError(
+        raise UsageError(
             f"{what} {entry!r}: module {module!r} does not import: {type(e).__name__}: {e}{hint}"
         ) from None
     except AttributeError:
-        raise HPOError(f"{what} {entry!r}: module {module!r} has no {attr!r}") from None
+        raise UsageError(f"{what} {entry!r}: module {module!r} has no {attr!r}") from None
     except Exception as e:  # the module's own code failed as it was imported
-        raise HPOError(
+        raise UsageError(
             f"{what} {entry!r}: importing module {module!r} failed: {type(e).__name__}: {e}"
         ) from None
 
@@ -178,12 +178,12 @@ def _import(entry: str) -> Any:
 
 def load_trainable(entry: str) -> Trainable:
     """The trainable `entry` names (a function, a Trainable, or a Trainable subclass), its
-    signature checked: HPOError with one line when it cannot train."""
+    signature checked: UsageError with one line when it cannot train."""
     obj = load_entry(entry, what="trainer.entry")
     if isinstance(obj, type) and issubclass(obj, Trainable):
         obj = obj()
     if not callable(obj):
-        raise HPOError(
+        raise UsageError(
             f"trainer.entry {entry!r} is a {type(obj).__name__}, not a function; "
             "name a function train(config, run)"
         )
@@ -200,7 +200,7 @@ def check_signature(fn: Callable[..., Any], entry: str) -> None:
     try:
         signature.bind({}, None)
     except TypeError:
-        raise HPOError(
+        raise UsageError(
             f"trainer.entry {entry!r} must take (config, run), but its signature is "
             f"{signature}; write it as def train(config: dict, run: hpo.Run) -> None"
         ) from None

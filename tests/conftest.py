@@ -110,7 +110,9 @@ def pg_url():
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {name}")
     except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN} ({e}); start it (see README)")
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN} ({e}); start it (see docs/testing.md)"
+        )
     yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     # a connection of its own: the test may have restarted the server
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

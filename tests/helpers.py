@@ -1,9 +1,12 @@
-"""What the tests share: hpo's commands run as a user runs them (real subprocesses), what they
-stored read back, and waiting for things to happen. Fixtures live in conftest.py."""
+"""What the tests share: hpo's commands run as a user runs them (real subprocesses), or their
+doors called in the test's own process where the test checks the service and not the process
+boundary; what they stored read back, and waiting for things to happen. Fixtures live in
+conftest.py."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -71,6 +74,32 @@ def run(
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+def here(
+    module: str, *args: str, runs: Path, capsys: pytest.CaptureFixture, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`python -m module args` as `run` has it, but its door's main() called in this process:
+    no interpreter or torch start-up. The runs folder is `runs`; settings read from the
+    environment at import (heartbeats, storage retries) are this process's, so a test that
+    sets those uses `run`."""
+    main = importlib.import_module(module.replace("hpo.", "hpo.cli.", 1)).main
+    sigterm = signal.getsignal(signal.SIGTERM)  # the door makes SIGTERM an interrupt
+    before = os.environ.get("HPO_RUNS_DIR")
+    os.environ["HPO_RUNS_DIR"] = str(runs)
+    capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        code = main(command(module, *args)[3:])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        if before is None:
+            del os.environ["HPO_RUNS_DIR"]
+        else:
+            os.environ["HPO_RUNS_DIR"] = before
+    out = capsys.readouterr()
+    if check:
+        assert code == 0, out.err[-3000:]
+    return subprocess.CompletedProcess([module, *args], code, out.out, out.err)
 
 
 def run_hpo(

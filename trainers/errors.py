@@ -1,13 +1,13 @@
-"""The project's error family. Every error raised on purpose is a TrainerError, and each
-command turns one into a single line (trainers.cli.run_cli): a UsageError (the user's to fix:
-bad config, missing corpus) exits with code 2, any other (a run that diverged, ran out of
-memory, a study that cannot go on) with code 1. hpo's own errors join the family
-(hpo.errors). A tuner records a trial's TrainerError as the reason the trial failed and goes on.
+"""The trainer's errors: every error it raises on purpose is a TrainerError. A command turns one
+into a single line (hpo's doors in hpo.cli.command, the trainer's own in trainers.train): a
+UsageError (the user's to fix: bad config, missing corpus) exits with code 2, any other (a run
+that diverged, ran out of memory, a full disk) with code 1. hpo's adapter (hpo.gpt) turns them
+into the seam's signals; a tuner records a trial's error as the reason it failed and goes on.
 """
 
 
 class TrainerError(Exception):
-    """Base of every error raised on purpose, by the trainer and by hpo."""
+    """Base of every error the trainer raises on purpose."""
 
 
 class UsageError(TrainerError, ValueError):

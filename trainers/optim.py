@@ -23,7 +23,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Weight decay on matrices only: decaying norms, biases and gains only hurts."""
     o = cfg.optim
-    # fused Adam(W) kernels: one launch per step on CUDA, 4% more tokens/s on CPU (BENCHMARKS.md)
+    # fused Adam(W) kernels: one launch per step on CUDA, 4% more tokens/s on CPU
+    # (benchmarks/results/trainer_throughput.md)
     fused = dev.type in ("cuda", "cpu") or None
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -2,8 +2,9 @@
 
 python -m trainers.train --set data.corpus=../shared/data/tinyshakespeare.txt --set optim.lr=3e-4
 
-Errors take the commands' one path (trainers.cli.run_cli): bad input exits 2, a run that
-failed (diverged, out of memory) 1, Ctrl-C 130.
+The trainer knows nothing of hpo, so this door reads the trainer's errors itself, with the
+exit codes hpo's commands use: bad input exits 2, a run that failed (diverged, out of memory) 1,
+Ctrl-C 130.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
-from trainers.cli import run_cli
 from trainers.config import TrainConfig, parse_sets
+from trainers.errors import TrainerError, UsageError
 from trainers.loop import TrainResult, train
 
 
@@ -43,7 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_cli(lambda: _run(args))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends it as Ctrl-C does
+    try:
+        return _run(args)
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -37,5 +37,6 @@ named ray there would shadow the real `import ray`.
 """
 
 from hpo.raytune.backend import ray_main
+from hpo.raytune.options import RayRequest
 
-__all__ = ["ray_main"]
+__all__ = ["RayRequest", "ray_main"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -22,20 +21,21 @@ from hpo.objective import clean_checkpoints
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
 from hpo.raytune.cluster import connect, disconnect
-from hpo.raytune.options import RayOptions, check_options
+from hpo.raytune.options import RayOptions, RayRequest, check_options
 from hpo.raytune.recorder import Driver
 from hpo.raytune.reevaluations import noise_setup, reevaluations
 from hpo.raytune.trainable import TrialSetup, run_trial
 from hpo.raytune.tuner import new_tuner
-from hpo.record import INTERRUPTED, TrialRecord, update
+from hpo.record import INTERRUPTED, TrialRecord
 from hpo.seam import ContractError
 from hpo.session import RunRequest, banner, load_request, open_study
+from hpo.storage import update_record
 from hpo.study_spec import StudySpec
 
 
-def ray_main(args: argparse.Namespace, request: RunRequest) -> int:
+def ray_main(request: RunRequest, ray: RayRequest) -> int:
     """`hpo.run --backend ray`: check everything, connect, then tune. Returns the exit code;
-    errors take the commands' one path (hpo.run runs this inside trainers.cli.run_cli)."""
+    errors take the commands' one path (hpo.cli.run runs this inside hpo.cli.command.run_cli)."""
     # Tune stops cleanly on SIGINT only
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     # the driver sends the heartbeats itself (Driver.heartbeat)
@@ -43,13 +43,13 @@ def ray_main(args: argparse.Namespace, request: RunRequest) -> int:
     started = time.time()
     # trials get their devices on the nodes: the driver's own may have none
     # Ray places trials (and packs them: --trials-per-gpu is a GPU fraction per trial there)
-    request = replace(request, check_device=False, workers=None, trials_per_gpu=None)
+    placed = replace(request, check_device=False, workers=None, trials_per_gpu=None)
     try:
-        checked = load_request(request)
-        opts = check_options(args, checked.spec, checked.sets)
+        checked = load_request(placed)
+        opts = check_options(request, ray, checked.spec, checked.sets)
         ray_init = connect(opts)
-        study, plan = open_study(request, checked)
-        return _tune(args, checked.spec, opts, study, plan, started, ray_init)
+        study, plan = open_study(placed, checked)
+        return _tune(checked.spec, opts, study, plan, started, ray_init)
     finally:
         disconnect()
 
@@ -59,7 +59,6 @@ def _sigterm_as_sigint(signum: int, frame: Any) -> None:
 
 
 def _tune(
-    args: argparse.Namespace,
     spec: StudySpec,
     opts: RayOptions,
     study: optuna.Study,
@@ -74,25 +73,25 @@ def _tune(
     print(banner(study, plan, engine), file=sys.stderr)
     metric = spec.objective.metric
     trials = study.get_trials(deepcopy=False)
-    progress = Progress(plan.target, trials, metric=metric, enabled=not args.no_progress)
+    progress = Progress(plan.target, trials, metric=metric, enabled=opts.progress)
     driver = Driver(
         study,
         metric=metric,
         direction=spec.objective.direction,
         experiment=experiment,
         checkpoint_root=Path(plan.checkpoint_root),
-        keep_all=args.keep_checkpoints,
+        keep_all=opts.keep_checkpoints,
         progress=progress,
         mutations=opts.mutations,
         reevaluations=reevaluations(study, noise_setup(spec, plan.sets, opts)),
     )
     Driver.current = driver
     try:
-        code = _fit(args, spec, opts, study, plan, path, driver)
+        code = _fit(spec, opts, study, plan, path, driver)
         if code == 0 and driver.reevaluations is not None:
             # the last incumbent gets its seeds too, within the same share (as hpo.work does)
             elapsed = time.time() - started
-            deadline = time.monotonic() - elapsed + args.timeout if args.timeout else None
+            deadline = time.monotonic() - elapsed + opts.timeout if opts.timeout else None
             driver.reevaluations.finish(deadline)
     finally:
         progress.update(study, study.get_trials(deepcopy=False))
@@ -100,7 +99,7 @@ def _tune(
         Driver.current = None
     if code == 0:
         _remove_experiment(path)  # finished: its checkpoints are no longer needed
-    if not args.keep_checkpoints:
+    if not opts.keep_checkpoints:
         clean_checkpoints(study, Path(plan.checkpoint_root))
     print(summary(study, target=plan.target, wall_time_s=time.time() - started), file=sys.stderr)
     if driver.first_start is not None:
@@ -120,7 +119,14 @@ def _tune(
     return code
 
 
-def _fit(args, spec, opts, study, plan, path, driver) -> int:
+def _fit(
+    spec: StudySpec,
+    opts: RayOptions,
+    study: optuna.Study,
+    plan: WorkerPlan,
+    path: str,
+    driver: Driver,
+) -> int:
     """Restore an interrupted experiment of the study, if any, then top the study up with a new
     one. 130 when interrupted."""
     experiment = driver.experiment
@@ -141,7 +147,7 @@ def _fit(args, spec, opts, study, plan, path, driver) -> int:
         remaining = plan.target - len(study.get_trials(deepcopy=False, states=started))
         if remaining > 0:
             _remove_experiment(path)
-            new_tuner(spec, opts, study, plan, trainable, experiment, remaining, args).fit()
+            new_tuner(spec, opts, study, plan, trainable, experiment, remaining).fit()
             return _after_fit(driver, study, experiment)
     except KeyboardInterrupt:
         return 130
@@ -179,5 +185,5 @@ def _fail_leftovers(study: optuna.Study) -> None:
         for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if TrialRecord.of(t).backend == "ray":
                 reason = "interrupted: its Ray experiment is gone"
-                update(s, t.number, stop_reason=INTERRUPTED, fail_reason=reason)
+                update_record(s, t.number, stop_reason=INTERRUPTED, fail_reason=reason)
                 s.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

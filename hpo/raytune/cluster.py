@@ -9,7 +9,7 @@ import time
 
 import ray
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.raytune.options import RayOptions
 
 PASS_ENV = ("HPO_CACHE", "HF_HOME", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # to workers
@@ -33,7 +33,7 @@ def connect(opts: RayOptions) -> tuple[float, float]:
             try:
                 import grpc  # noqa: F401  (Ray Client needs it)
             except ImportError:
-                raise HPOError(
+                raise UsageError(
                     f"--address {address} uses Ray Client, which needs "
                     "`pip install 'ray[client]'`; or run hpo on the head node with --address auto"
                 ) from None
@@ -60,13 +60,13 @@ def connect(opts: RayOptions) -> tuple[float, float]:
             if address and address.startswith("ray://")
             else ""
         )
-        raise HPOError(f"cannot connect to Ray at --address {address}: {e}{hint}") from None
+        raise UsageError(f"cannot connect to Ray at --address {address}: {e}{hint}") from None
     init_end = time.time()
     need = f"{opts.cpu:g} CPU" + (f" and {opts.gpu:g} GPU" if opts.gpu else "")
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(n.get("CPU", 0) >= opts.cpu and n.get("GPU", 0) >= opts.gpu for n in nodes):
         have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
-        raise HPOError(f"no node of the Ray cluster has {need} for a trial (nodes: {have})")
+        raise UsageError(f"no node of the Ray cluster has {need} for a trial (nodes: {have})")
     return init_start, init_end
 
 
@@ -95,11 +95,13 @@ def _check_reachable(address: str) -> None:
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise HPOError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, but got {address!r}")
+        raise UsageError(
+            f"--address must be auto, HOST:PORT or ray://HOST:PORT, but got {address!r}"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise HPOError(
+        raise UsageError(
             f"cannot reach the Ray cluster at {address}: {e.strerror or e} "
             "(is `ray start --head` running there, and the port open?)"
         ) from None

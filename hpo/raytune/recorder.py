@@ -21,8 +21,15 @@ from ray.tune.experiment import Trial
 
 from hpo.raytune.reevaluations import NoiseSetup, RayReevaluations, reevaluations
 from hpo.raytune.schedulers import current_values
-from hpo.record import CONTRACT, DIVERGED, ERROR, update
-from hpo.storage import HEARTBEAT_INTERVAL_S, open_storage
+from hpo.record import CONTRACT, DIVERGED, ERROR
+from hpo.storage import (
+    HEARTBEAT_INTERVAL_S,
+    open_storage,
+    storage_of,
+    trial_id,
+    trial_id_by_number,
+    update_record,
+)
 
 
 class Driver:
@@ -43,7 +50,7 @@ class Driver:
         mutations: tuple[str, ...],
         reevaluations: RayReevaluations | None = None,
     ) -> None:
-        self.study, self.storage = study, study._storage
+        self.study, self.storage = study, storage_of(study)
         self.reevaluations = reevaluations  # hpo.noise's seed re-runs, when the study has them
         self.metric, self.minimize = metric, direction == "minimize"
         self.experiment = experiment
@@ -78,9 +85,7 @@ class Driver:
 
     def _id(self, number: int) -> int:
         if number not in self.ids:
-            self.ids[number] = self.storage.get_trial_id_from_study_id_trial_number(
-                self.study._study_id, number
-            )
+            self.ids[number] = trial_id_by_number(self.study, number)
         return self.ids[number]
 
     def _running(self, number: int) -> optuna.trial.FrozenTrial | None:
@@ -162,7 +167,7 @@ class Driver:
             stop_reason = r.get("hpo/failed", ERROR)
             if stop_reason == CONTRACT:  # every trial would: the searcher asks no more
                 self.contract = reason
-            update(self.study, n, stop_reason=stop_reason, fail_reason=reason, steps=steps)
+            update_record(self.study, n, stop_reason=stop_reason, fail_reason=reason, steps=steps)
             self.study.tell(n, state=TrialState.FAIL, skip_if_finished=True)
             return self._update_progress()
         step = int(r.get("step", 0))
@@ -172,9 +177,9 @@ class Driver:
         pick = min if self.minimize else max
         best_step = pick(values, key=values.__getitem__) if values else 0
         stop_reason = r.get("hpo/stop_reason", "max_steps") if done else "pruned"
-        update(self.study, n, **_outcome(r, stop_reason=stop_reason, best_step=best_step))
+        update_record(self.study, n, **_outcome(r, stop_reason=stop_reason, best_step=best_step))
         if not values:
-            update(self.study, n, fail_reason="the trial ended before its first evaluation")
+            update_record(self.study, n, fail_reason="the trial ended before its first evaluation")
             self.study.tell(n, state=TrialState.FAIL, skip_if_finished=True)
         elif done:
             self.study.tell(n, values[best_step], skip_if_finished=True)
@@ -188,7 +193,7 @@ class Driver:
         the sampler learns to avoid the region (as hpo.objective does)."""
         step = int(r["step"])
         reason = r.get("hpo/fail_reason", "")
-        update(self.study, n, stop_reason=DIVERGED, fail_reason=reason, steps=step)
+        update_record(self.study, n, stop_reason=DIVERGED, fail_reason=reason, steps=step)
         if step not in self.steps.setdefault(n, {}):
             self.storage.set_trial_intermediate_value(self._id(n), step, float(r[self.metric]))
         self.study.tell(n, state=TrialState.PRUNED, skip_if_finished=True)
@@ -240,7 +245,7 @@ class Driver:
             self.reevaluations.heartbeat()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("ray.experiment") == self.experiment:
-                self.storage.record_heartbeat(t._trial_id)
+                self.storage.record_heartbeat(trial_id(t))
 
     def _update_progress(self) -> None:
         if self.progress is not None:

@@ -27,7 +27,7 @@ from hpo.raytune.options import RayOptions
 from hpo.record import TrialRecord
 from hpo.reevaluation import queue_due, say, stop_below_noise
 from hpo.seam import Outcome, Run, execute
-from hpo.storage import HEARTBEAT_INTERVAL_S, first_line
+from hpo.storage import HEARTBEAT_INTERVAL_S, first_line, trial_id
 from hpo.study_spec import StudySpec
 from hpo.trainable import SEED_KEY, steps_of
 
@@ -96,7 +96,7 @@ class RayReevaluations:
 
     def heartbeat(self) -> None:
         if self.pending is not None:
-            self.study._storage.record_heartbeat(self.pending.trial._trial_id)
+            self.pending.trial.storage.record_heartbeat(trial_id(self.pending.trial))
 
     def finish(self, deadline: float | None = None) -> None:
         """After Tune's experiment: the one running, then the rest due (within the share),

@@ -26,7 +26,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.schedulers.pb2 import PB2
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.study_spec import StudySpec, dry_run
 from hpo.trainable import steps_of
 
@@ -43,20 +43,20 @@ def pbt_mutations(spec: StudySpec, sets: dict[str, Any], scheduler: str) -> tupl
     changeable = spec.trainable().changeable_on_resume()
     bad = [m for m in wanted if changeable is not None and m not in changeable]
     if bad:
-        raise HPOError(
+        raise UsageError(
             f"ray.pbt.mutations: {bad[0]!r} cannot change while a run continues; "
             f"valid: {', '.join(sorted(changeable or ()))}"
         )
     mutations = tuple(m for m in wanted if isinstance(dists.get(m), FloatDistribution))
     if not mutations:
-        raise HPOError(
+        raise UsageError(
             f"--scheduler {scheduler} perturbs {', '.join(wanted)}, but the study's search space "
             f"tunes none of them (it tunes {', '.join(sorted(dists))})"
         )
     interval = spec.ray.pbt.perturbation_interval
     eval_interval = steps_of(spec.fixed_config(sets))[1]
     if interval is not None and eval_interval is not None and interval < eval_interval:
-        raise HPOError(
+        raise UsageError(
             f"ray.pbt.perturbation_interval ({interval} steps) is shorter than "
             f"train.eval_interval ({eval_interval}): members report only at evaluations"
         )

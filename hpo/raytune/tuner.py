@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from hpo.raytune.recorder import Recorder, RecordTo
 from hpo.raytune.reevaluations import noise_setup
 from hpo.raytune.schedulers import PBT_SCHEDULERS, Member, make_scheduler
 from hpo.raytune.search import SpaceFn, StudySearch, ask_members
-from hpo.storage import public_url
+from hpo.storage import public_url, storage_of
 from hpo.strategy import make_sampler
 from hpo.study_spec import StudySpec
 
@@ -30,7 +29,6 @@ def new_tuner(
     trainable: Any,
     experiment: str,
     n: int,
-    args: argparse.Namespace,
 ) -> tune.Tuner:
     """A fresh experiment of `n` trials: the study's sampler asks them, or (PBT/PB2) a population
     of `n` members asked up front; the Recorder writes them into the study."""
@@ -51,7 +49,7 @@ def new_tuner(
         direction=spec.objective.direction,
         experiment=experiment,
         checkpoint_root=str(Path(plan.checkpoint_root).resolve()),
-        keep_all=args.keep_checkpoints,
+        keep_all=opts.keep_checkpoints,
         mutations=opts.mutations,
         noise=noise_setup(spec, plan.sets, opts),
     )
@@ -68,7 +66,7 @@ def new_tuner(
             # as many as the cluster holds; told to Tune, it also starts them all at once
             # (with a searcher and no limit, Tune starts one trial at a time)
             max_concurrent_trials=opts.max_concurrent or max(1, int(cluster_slots(opts))),
-            time_budget_s=args.timeout,
+            time_budget_s=opts.timeout,
             # a worker process serves trial after trial (and keeps its tokenized data): a
             # stopped trial's report raises SystemExit, which ends its function at once. Not
             # with seed re-runs: a cached actor keeps its trial's CPUs and GPU, and the re-run
@@ -114,7 +112,7 @@ def _search(
         metric=spec.objective.metric,
         mode="min" if spec.objective.minimize else "max",
         sampler=sampler,
-        storage=study._storage,
+        storage=storage_of(study),
         study_name=study.study_name,
         experiment=experiment,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.storage import runs_dir
 from hpo.study_spec import TRACKERS
 
@@ -35,7 +35,7 @@ def resolve_tracking(
     """Settings with every default made explicit, so that all workers track to the same place."""
     backend = backend or "none"
     if backend not in BACKENDS:
-        raise HPOError(f"tracking must be one of {', '.join(BACKENDS)}, but got {backend!r}")
+        raise UsageError(f"tracking must be one of {', '.join(BACKENDS)}, but got {backend!r}")
     if backend == "mlflow":
         uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
         project = project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT

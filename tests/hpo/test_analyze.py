@@ -10,9 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo import plots
-from hpo.analyze import analyze, attach
-from hpo.importance import importance_intervals
+from hpo.analysis import plots
+from hpo.analysis.analyze import analyze, attach
+from hpo.analysis.importance import importance_intervals
+from tests.helpers import here
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -151,26 +152,11 @@ def test_cli_on_an_unknown_study_is_one_line_exit_2(tmp_path):
     )
 
 
-def test_cli_writes_the_report(tmp_path):
-    env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
+def test_cli_writes_the_report(tmp_path, capsys):
     storage = f"sqlite:///{tmp_path}/a.db"
     planted_study(n=30, storage=storage)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpo.analyze",
-            "--study",
-            "planted",
-            "--storage",
-            storage,
-            "--resamples",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    args = ["--study", "planted", "--storage", storage, "--resamples", "3"]
+    out = here("hpo.analyze", *args, runs=tmp_path / "runs", capsys=capsys, check=False)
     assert out.returncode == 0, out.stderr
     assert "# Analysis of planted" in out.stdout and "attached 9 files" in out.stderr
     data = json.loads((tmp_path / "runs" / "planted" / "report" / "analysis.json").read_text())

@@ -10,8 +10,9 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
 import search_spaces
-from hpo import diagnostics, space
-from hpo.importance import importance_intervals
+from hpo import space
+from hpo.analysis import diagnostics
+from hpo.analysis.importance import importance_intervals
 from hpo.study_spec import load_study_spec, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

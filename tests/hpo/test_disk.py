@@ -22,6 +22,7 @@ from hpo.session import RunRequest, load_request, open_study, run_study
 from tests.helpers import (
     command,
     counted,
+    here,
     run_hpo,
     sets,
     sqlite_url,
@@ -76,8 +77,11 @@ def test_a_full_disk_stops_the_run_and_the_trial_goes_on_once_there_is_room(
     assert TrialRecord.of(again).resumed_from_step == saved > 0
 
 
-def test_checkpoints_of_trials_that_cannot_win_go_as_the_study_goes(tmp_path, cache_dir):
-    out = run_hpo(tmp_path, "--study", "smoke", "--trials", "6", *sets("train.max_steps=20"))
+def test_checkpoints_of_trials_that_cannot_win_go_as_the_study_goes(tmp_path, cache_dir, capsys):
+    args = ["--study", "smoke", "--trials", "6", *sets("train.max_steps=20")]
+    out = here(
+        "hpo.run", "--storage", sqlite_url(tmp_path), *args, runs=tmp_path / "runs", capsys=capsys
+    )
     best = optuna.load_study(study_name="smoke", storage=sqlite_url(tmp_path)).best_trial
     kept = sorted(p.name for p in (tmp_path / "runs" / "smoke" / "checkpoints").iterdir())
     assert kept == [f"trial_{best.number}"], out.stderr

@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import create_trial
 
-from hpo.importance import condition_summary, conditions, importance_intervals, unscored
+from hpo.analysis.importance import condition_summary, conditions, importance_intervals, unscored
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

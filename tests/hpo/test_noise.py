@@ -22,8 +22,8 @@ from hpo.progress import summary
 from hpo.record import TrialRecord
 from hpo.session import RunRequest, load_request, open_study, run_study
 from hpo.storage import RetryCrashedTrial, Storage
-from hpo.validate import configs_to_validate
-from tests.helpers import COUNTED, run, run_hpo, run_ray, sqlite_url, trials_at
+from hpo.validation.validate import configs_to_validate
+from tests.helpers import COUNTED, here, run, run_hpo, run_ray, sqlite_url, trials_at
 
 FULL = 100  # tokens of one full run in the synthetic studies
 
@@ -250,9 +250,20 @@ def flat_study(tmp_path) -> str:
     return path
 
 
-def test_a_flat_study_stops_below_noise_and_stays_stopped_until_told(tmp_path, cache_dir):
+def test_a_flat_study_stops_below_noise_and_stays_stopped_until_told(tmp_path, cache_dir, capsys):
     path = flat_study(tmp_path)
-    out = run_hpo(tmp_path, "--study", path, "--trials", "40")
+
+    def tune_here(*args):
+        return here(
+            "hpo.run",
+            "--storage",
+            sqlite_url(tmp_path),
+            *args,
+            runs=tmp_path / "runs",
+            capsys=capsys,
+        )
+
+    out = tune_here("--study", path, "--trials", "40")
     assert "stopping the study: the best trial improved by" in out.stderr
     ts = trials_at(tmp_path, "noisy")
     stopped_at = len(ts)
@@ -262,11 +273,11 @@ def test_a_flat_study_stops_below_noise_and_stays_stopped_until_told(tmp_path, c
     assert stopped["stop"] and stopped["improvement"] < stopped["noise_sd"]
     json.dumps(stopped)  # stored as plain JSON: the dashboard shows it
     # the same command again: still stopped, nothing trained, and it says how to go on
-    again = run_hpo(tmp_path, "--study", path, "--trials", "40")
+    again = tune_here("--study", path, "--trials", "40")
     assert len(trials_at(tmp_path, "noisy")) == stopped_at
     assert "--no-stop-below-noise" in again.stderr
     # told to run on: trials up to the new total, the stop mark cleared
-    run_hpo(tmp_path, "--study", path, "--trials", str(stopped_at + 2), "--no-stop-below-noise")
+    tune_here("--study", path, "--trials", str(stopped_at + 2), "--no-stop-below-noise")
     assert len(trials_at(tmp_path, "noisy")) == stopped_at + 2
     study = optuna.load_study(study_name="noisy", storage=sqlite_url(tmp_path))
     assert not study.user_attrs[noise.STOPPED]

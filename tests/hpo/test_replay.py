@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import HPOError
 from hpo.record import ATTR, TrialRecord
-from hpo.replay import GPU_TOLERANCE, environment_differences, replay_trial
+from hpo.validation.replay import GPU_TOLERANCE, environment_differences, replay_trial
 from tests.helpers import SMOKE_FAST, run_hpo, sets
 
 pytestmark = pytest.mark.slow  # real studies trained and replayed

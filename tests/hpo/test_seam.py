@@ -14,14 +14,14 @@ import torch
 from optuna.trial import TrialState
 
 import hpo
-from hpo.analyze import analyze
+from hpo.analysis.analyze import analyze
 from hpo.errors import HPOError, StudyFailedError
 from hpo.record import TrialRecord
-from hpo.replay import replay_trial
 from hpo.seam import Config, ContractError, Diverged, Run, Sink, StopTrial, execute
 from hpo.session import RunRequest, load_request
 from hpo.trainable import FunctionTrainable, load_trainable
-from hpo.validate import ValidateRequest, validate_study
+from hpo.validation.replay import replay_trial
+from hpo.validation.validate import ValidateRequest, validate_study
 from tests import fakes
 
 FAKE = {"x": 0.5, "train.max_steps": 40, "train.eval_interval": 10}

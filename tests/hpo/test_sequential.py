@@ -6,8 +6,8 @@ Simulated paired differences, no training: what hpo.validate would decide at eac
 import numpy as np
 import pytest
 
-from hpo.sequential import look, looks, spent
-from hpo.stats import ALPHA, compare_paired
+from hpo.validation.sequential import look, looks, spent
+from hpo.validation.stats import ALPHA, compare_paired
 
 REPS = 3000
 # the false-positive rate of REPS simulated validations: 5% plus three standard errors

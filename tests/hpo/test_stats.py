@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from hpo.stats import (
+from hpo.validation.stats import (
     ALPHA,
     MIN_PAIRS,
     adjust_pvalues,
@@ -137,7 +137,7 @@ def test_two_seeds_that_lean_better_are_not_called_better():
 
 
 def test_four_seeds_say_plainly_they_cannot_reach_the_level():
-    # BENCHMARKS.md's 4-seed run: every seed better, the interval excludes 0, p = 2/2^4
+    # benchmarks/results/shakespeare_2000_steps.md's 4-seed run: every seed better, the interval excludes 0, p = 2/2^4
     base = np.array([1.9242, 1.93, 1.917, 1.925])
     c = compare_paired(base - np.array([0.05, 0.06, 0.055, 0.07]), base)
     assert c["ci_high"] < 0 and c["p_value"] == pytest.approx(0.125)

@@ -1,6 +1,8 @@
 """hpo.storage on SQLite: two workers asking at the same moment never take the same queued trial;
-Ctrl-C inside a storage call never leaves the write lock held."""
+Ctrl-C inside a storage call never leaves the write lock held; the Optuna internals it relies on
+are still what it was written against."""
 
+import inspect
 import multiprocessing
 import os
 import random
@@ -12,9 +14,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import hpo.storage
 from hpo import record as records
 from hpo.objective import _record_interrupt
-from hpo.storage import fail_crashed_trials, open_storage
+from hpo.storage import (
+    fail_crashed_trials,
+    open_storage,
+    storage_of,
+    trial_id,
+    trial_id_by_number,
+)
 
 ROUNDS = 25
 
@@ -148,3 +157,41 @@ def test_a_worker_killed_inside_ask_has_its_trial_failed_and_retried(tmp_path, m
 
 def _fail_crashed(url: str) -> None:
     fail_crashed_trials(optuna.load_study(study_name="s", storage=open_storage(url)))
+
+
+def test_the_optuna_internals_hpo_relies_on_are_still_what_it_was_written_against(
+    tmp_path, monkeypatch
+):
+    """hpo.storage overrides two private RDBStorage methods and reads a study's storage and a
+    trial's id, for which Optuna has no public API (checked against optuna 5.1.0). If a new
+    Optuna renames or stops calling any of them, this fails before a study silently loses its
+    first heartbeats or its crash reasons."""
+    rdb = optuna.storages.RDBStorage
+    assert list(inspect.signature(rdb._create_new_trial).parameters) == [
+        *("self", "study_id", "template_trial")
+    ]
+    assert list(inspect.signature(rdb._get_stale_trial_ids).parameters) == ["self", "study_id"]
+    reached = []
+    for name in ("_create_new_trial", "_get_stale_trial_ids"):
+        ours = getattr(hpo.storage.Storage, name)
+
+        def spy(self, *args, _ours=ours, _name=name, **kwargs):
+            reached.append(_name)
+            return _ours(self, *args, **kwargs)
+
+        monkeypatch.setattr(hpo.storage.Storage, name, spy)
+    storage = open_storage(f"sqlite:///{tmp_path}/hpo.db")
+    study = optuna.create_study(study_name="internals", storage=storage)
+    trial = study.ask()  # through Optuna's storage cache
+    optuna.storages.fail_stale_trials(study)
+    assert reached == ["_create_new_trial", "_get_stale_trial_ids"]
+
+    # Optuna wraps an RDB storage in its cache: the same database, the same ids
+    assert storage_of(study).get_study_id_from_name("internals") == storage.get_study_id_from_name(
+        "internals"
+    )
+    by_public_api = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("internals"), trial.number
+    )
+    assert trial_id(trial) == trial_id(study.trials[0]) == by_public_api
+    assert trial_id_by_number(study, trial.number) == by_public_api

@@ -7,9 +7,9 @@ import optuna
 import pytest
 
 from hpo.gpt import PAIRING_KEYS
-from hpo.validate import ATTR, configs_to_validate, report, validate
-from hpo.validation_report import markdown
-from tests.helpers import run, run_hpo, sets, sqlite_url
+from hpo.validation.report import markdown
+from hpo.validation.validate import ATTR, configs_to_validate, report, validate
+from tests.helpers import here, run, run_hpo, sets, sqlite_url
 
 
 @pytest.fixture
@@ -116,17 +116,18 @@ def test_cli_refuses_clearly(tmp_path, study, args, message):
     assert out.returncode == 2 and out.stderr.startswith(message) and out.stderr.count("\n") == 1
 
 
-def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_dir):
+def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_dir, capsys):
     storage = f"sqlite:///{tmp_path}/hpo.db"
+    where = {"runs": tmp_path / "runs", "capsys": capsys, "check": False}
     empty = optuna.create_study(study_name="empty", storage=storage)
     empty.set_user_attr(
         "hpo.spec", {"description": "x", "search_space": {"optimizer": {}}, "baseline": {}}
     )
-    out = validate_cli(tmp_path, "--study", "empty")
+    out = here("hpo.validate", "--storage", storage, "--study", "empty", **where)
     assert out.returncode == 2 and "has no completed trial to validate" in out.stderr
     nobase = optuna.create_study(study_name="nobase", storage=storage)
     nobase.set_user_attr("hpo.spec", {"description": "x", "search_space": {"optimizer": {}}})
-    out = validate_cli(tmp_path, "--study", "nobase")
+    out = here("hpo.validate", "--storage", storage, "--study", "nobase", **where)
     assert out.returncode == 2 and "has no baseline to compare against" in out.stderr
 
 
@@ -134,8 +135,8 @@ def test_refuses_a_study_without_completed_trials_or_baseline(tmp_path, cache_di
 def test_analysis_rewrites_its_note_but_keeps_the_validation_section(tmp_path, study):
     import optuna_dashboard
 
-    from hpo.analyze import analyze
-    from hpo.analyze import attach as attach_analysis
+    from hpo.analysis.analyze import analyze
+    from hpo.analysis.analyze import attach as attach_analysis
 
     assert validate_cli(tmp_path, "--study", "smoke", "--seeds", "2").returncode == 0
     out = tmp_path / "report"

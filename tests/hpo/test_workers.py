@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpo.record import SURPLUS, TrialRecord
 from hpo.storage import open_storage
-from hpo.work import exit_description
+from hpo.trial_loop import exit_description
 from tests.helpers import (
     COUNTED,
     SMOKE_FAST,

@@ -1,6 +1,8 @@
 import json
 import logging
 import math
+import runpy
+import signal
 import subprocess
 import sys
 
@@ -218,17 +220,21 @@ def test_out_of_memory_is_its_own_error(tiny_cfg):
         train(cfg)
 
 
-def test_cli_prints_one_json_line(tiny_cfg, cache_dir):
+def test_cli_prints_one_json_line(tiny_cfg, cache_dir, capsys, monkeypatch):
     sets = [
         f"--set={k}={v}" for k, v in tiny_cfg.flat().items() if v is not None and k != "data.splits"
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "trainers.train", *sets, "--no-progress"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    lines = out.stdout.strip().splitlines()
+    # `python -m trainers.train` in this process (the next test runs it as a process). Run, not
+    # imported: importing the module would bind it over the package's train function
+    monkeypatch.setattr(sys, "argv", ["trainers.train", *sets, "--no-progress"])
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module("trainers.train", run_name="__main__", alter_sys=True)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["steps"] == 60 and summary["stop_reason"] == "max_steps"

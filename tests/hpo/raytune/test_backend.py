@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.analyze import analyze
+from hpo.analysis.analyze import analyze
 from hpo.record import TrialRecord
-from hpo.validate import configs_to_validate
+from hpo.validation.validate import configs_to_validate
 from tests.helpers import (
     counted,
     finish,

@@ -22,7 +22,7 @@ from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
 from hpo.study_spec import StudySpec, load_study_spec
 from hpo.tracking import Tracker, Tracking, resolve_tracking, tracking_from_study, wandb_mode
-from hpo.validate import validate
+from hpo.validation.validate import validate
 from tests.helpers import SMOKE_FAST, fake_study, run_hpo, sqlite_url
 
 

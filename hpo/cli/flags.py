@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_study_flags(group: argparse._ActionsContainer, *, default: str | None = None) -> None:
@@ -26,12 +25,3 @@ def add_storage_flag(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--storage", help="database URL (default: $HPO_STORAGE or sqlite:///runs/hpo.db)"
     )
-
-
-def stored_name(study: str | None, study_name: str | None) -> str | None:
-    """The name in the storage that --study and --study-name point at (None: not given)."""
-    if study_name:
-        return study_name
-    if study and (study.endswith((".yaml", ".yml")) or "/" in study):
-        return Path(study).stem
-    return study

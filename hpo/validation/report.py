@@ -10,10 +10,10 @@ from typing import Any
 import optuna
 
 from hpo.artifacts import VALIDATION_HEADING, upload
-from hpo.sequential import look, looks
-from hpo.stats import adjust_pvalues, compare_paired, summarize, verdict
 from hpo.storage import runs_dir
 from hpo.study_spec import ObjectiveSpec
+from hpo.validation.sequential import look, looks
+from hpo.validation.stats import adjust_pvalues, compare_paired, summarize, verdict
 
 ATTR = "hpo.validate"
 

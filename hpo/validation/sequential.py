@@ -24,7 +24,7 @@ from itertools import product
 
 import numpy as np
 
-from hpo.stats import ALPHA, MIN_PAIRS, N_RESAMPLES
+from hpo.validation.stats import ALPHA, MIN_PAIRS, N_RESAMPLES
 
 LOOK_EVERY = 4  # seeds added per round after the first look (fewer looks: less alpha lost)
 # float tolerance when a sign pattern's statistic equals the observed one

@@ -1,7 +1,8 @@
 """The one error path of every command (hpo.run, hpo.worker, hpo.analyze, hpo.validate,
-hpo.dashboard, trainers.train): bad input is one line on stderr and exit code 2, a run that
-failed is one line and exit code 1, Ctrl-C or SIGTERM is exit code 130. Never a traceback for
-an error the code raises on purpose; a bug still shows its traceback."""
+hpo.dashboard, the trainer's trainers.train, and each spawned worker process): bad input is one
+line on stderr and exit code 2, a run that failed is one line and exit code 1, Ctrl-C or
+SIGTERM is exit code 130. Never a traceback for an error the code raises on purpose; a bug
+still shows its traceback."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from trainers.errors import TrainerError, UsageError
+import trainers.errors
+from hpo.errors import HPOError, UsageError
 
-USAGE, FAILED, INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+BAD_INPUT = (UsageError, trainers.errors.UsageError)
+ON_PURPOSE = (HPOError, trainers.errors.TrainerError)
 
 
 def run_cli(body: Callable[[], int], *, interrupted: str | None = "interrupted") -> int:
@@ -21,16 +25,13 @@ def run_cli(body: Callable[[], int], *, interrupted: str | None = "interrupted")
     signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         return body()
-    except UsageError as e:
+    except ON_PURPOSE as e:
         print(f"error: {e}", file=sys.stderr)
-        return USAGE
-    except TrainerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return FAILED
+        return EXIT_USAGE if isinstance(e, BAD_INPUT) else EXIT_FAILED
     except KeyboardInterrupt:
         if interrupted is not None:
             print(interrupted, file=sys.stderr)
-        return INTERRUPTED
+        return EXIT_INTERRUPTED
 
 
 def raise_interrupt(signum: int, frame: Any) -> None:

@@ -13,7 +13,6 @@ Exit code: 0 when the metrics match, 1 when they do not, 2 for bad input.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -25,13 +24,12 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HPOError
-from hpo.flags import stored_name
+from hpo.errors import HPOError, UsageError
 from hpo.manifest import manifest_config, outcome_manifest
 from hpo.objective import error_line
 from hpo.record import TrialRecord
 from hpo.seam import InvalidConfig, Outcome, Run, Sink, StopTrial, execute
-from hpo.storage import load_existing_study
+from hpo.storage import load_existing_study, stored_name
 from hpo.study_spec import ObjectiveSpec, StudySpec
 from hpo.trainable import BUILTIN_ENTRY, Trainable, load_trainable
 from trainers.device import device_name
@@ -120,23 +118,23 @@ def find_trial(study: optuna.Study, number: int) -> FrozenTrial:
         if t.number == number:
             return t
     span = f"trials 0-{len(trials) - 1}" if trials else "no trials"
-    raise HPOError(f"no trial {number} in study {study.study_name!r} (it has {span})")
+    raise UsageError(f"no trial {number} in study {study.study_name!r} (it has {span})")
 
 
 def replay_trial(
     study: optuna.Study, number: int, *, device: str | None = None, tolerance: float | None = None
 ) -> Replay:
-    """Train trial `number` again from its manifest and compare. Raises HPOError for a trial
+    """Train trial `number` again from its manifest and compare. Raises UsageError for a trial
     that cannot be replayed (unknown, running, no manifest, its corpus gone)."""
     t = find_trial(study, number)
     record = TrialRecord.of(t)
     manifest = _manifest_of(study, t, record)
     if tolerance is not None and not tolerance >= 0:
-        raise HPOError(f"--tolerance must be a non-negative number, but got {tolerance}")
+        raise UsageError(f"--tolerance must be a non-negative number, but got {tolerance}")
     stored_device = str(manifest.get("device", "cpu")).split(":")[0]
     device = device if device not in (None, "auto") else stored_device
     if device == "cuda" and not torch.cuda.is_available():
-        raise HPOError(
+        raise UsageError(
             f"trial {number} ran on {stored_device}, and this machine has no CUDA GPU; add "
             "--device cpu to replay it on the CPU (compared within --tolerance)"
         )
@@ -158,7 +156,9 @@ def replay_trial(
     try:
         config = trainable.resolve(config)
     except ValueError as e:
-        raise HPOError(f"trial {number}'s manifest holds a config this code rejects: {e}") from None
+        raise UsageError(
+            f"trial {number}'s manifest holds a config this code rejects: {e}"
+        ) from None
     stop_at = record.steps if record.steps is not None else manifest.get("steps")
     threads = manifest.get("threads") or torch.get_num_threads()
     deterministic = bool(manifest.get("deterministic"))
@@ -190,12 +190,12 @@ def replay_trial(
 
 
 def _manifest_of(study: optuna.Study, t: FrozenTrial, record: TrialRecord) -> dict[str, Any]:
-    """The manifest a finished trial stored, or HPOError saying why there is none."""
+    """The manifest a finished trial stored, or UsageError saying why there is none."""
     if t.state in (TrialState.RUNNING, TrialState.WAITING):
-        raise HPOError(f"trial {t.number} of {study.study_name!r} is still running")
+        raise UsageError(f"trial {t.number} of {study.study_name!r} is still running")
     if not record.manifest:
         why = record.fail_reason or t.state.name.lower()
-        raise HPOError(
+        raise UsageError(
             f"trial {t.number} of {study.study_name!r} stored no manifest to replay from ({why})"
         )
     return record.manifest
@@ -250,11 +250,23 @@ def environment_differences(stored: dict[str, Any], now: dict[str, Any]) -> list
     return lines
 
 
-def replay_main(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ReplayRequest:
+    """What `hpo.run --replay TRIAL` is asked for: each field means its flag."""
+
+    trial: int
+    study: str | None = None  # None: the study run last on this machine
+    study_name: str | None = None
+    storage: str | None = None
+    device: str | None = None
+    tolerance: float | None = None
+
+
+def replay(request: ReplayRequest) -> int:
     """`hpo.run --replay TRIAL`: print the comparison; exit 0 (match), 1 (differs), 2 (input)."""
-    study = load_existing_study(stored_name(args.study, args.study_name), args.storage)
+    study = load_existing_study(stored_name(request.study, request.study_name), request.storage)
     try:
-        rep = replay_trial(study, args.replay, device=args.device, tolerance=args.tolerance)
+        rep = replay_trial(study, request.trial, device=request.device, tolerance=request.tolerance)
     except ReplayFailed as e:  # diverged, out of memory, an exception: not what was stored
         print(f"MISMATCH: the replay failed: {e}", file=sys.stderr)
         return 1
@@ -301,7 +313,7 @@ def _train(
             )
             return execute(trainable, run)
     except InvalidConfig as e:  # e.g. the corpus file is gone
-        raise HPOError(f"cannot replay: {e}") from None
+        raise UsageError(f"cannot replay: {e}") from None
     except HPOError:
         raise
     except Exception as e:

@@ -23,6 +23,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from hpo.cli.command import EXIT_INTERRUPTED, run_cli
 from hpo.errors import StudyFailedError
 from hpo.objective import (
     COUNTED,
@@ -45,7 +46,6 @@ from hpo.storage import (
 )
 from hpo.strategy import make_pruner, make_sampler
 from hpo.tracking import make_tracker
-from trainers.cli import INTERRUPTED, run_cli
 
 POLL_INTERVAL_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails stops instead of looping forever
@@ -266,7 +266,7 @@ def _run_processes(plan: WorkerPlan, study: optuna.Study, progress: Progress) ->
 
 def _unclean_exits(procs: list) -> dict[int, int | None]:
     """Each worker that neither finished nor stopped on Ctrl-C: its exit code (None: alive)."""
-    return {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, INTERRUPTED)}
+    return {i: p.exitcode for i, p in enumerate(procs) if p.exitcode not in (0, EXIT_INTERRUPTED)}
 
 
 def exit_description(code: int | None) -> str:
