@@ -13,7 +13,7 @@ loss blows up:
            is pruned (hpo now); TPE ranks it with the worst.
 Reported per policy, median over seeds: trials that diverged, the share of all trials they
 were, and the final best val loss; then the seed-paired differences (prune - fail) with their
-95% t-intervals (hpo.stats).
+95% t-intervals (hpo.validation.stats).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ search_efficiency's setting, each stopped once its runs have trained the same nu
     (hpo.reevaluation, the worker's own code), the winner is the best mean over seeds.
 Each winner is then trained on --test-seeds fresh seeds (hpo.validate's seeds and scoring: the
 best checkpoint on the test split). Reported, seed-paired over study seeds: the test loss of the
-noise-aware winner minus the single-seed one (hpo.stats: mean, 95% t-interval, permutation p),
+noise-aware winner minus the single-seed one (hpo.validation.stats: mean, 95% t-interval,
+permutation p),
 and each winner's optimism (its mean best val loss over the fresh seeds minus the value the
 study reported for it: positive when the study's value was too good).
 """
@@ -83,7 +84,7 @@ def tune(seed: int, aware: bool, budget: int, workdir: Path) -> dict:
     seeds = Reevaluations(plan)
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # as hpo.work does: back to the loop after each completed trial
+        # as hpo.trial_loop does: back to the loop after each completed trial
         if steps_spent(study) >= budget or (aware and trial.state.name == "COMPLETE"):
             study.stop()
 

@@ -24,7 +24,8 @@ Strategies, each given the same compute budget (training steps summed over trial
 Every run trains hpo's real trainer on real SQLite storage, with the same model, corpus and
 trainer seed. Reported per strategy, median over study seeds: the final best value, and the
 compute at which each strategy first matched the unpruned random search's final best (as a
-fraction of the budget); and hpo's default against each other strategy, seed-paired (hpo.stats:
+fraction of the budget); and hpo's default against each other strategy, seed-paired
+(hpo.validation.stats:
 the mean difference with its 95% t-interval and the exact permutation p). With --test-seeds N,
 each study's chosen config is trained again on N fresh seeds and scored on the test split as
 hpo.validate scores (the best val value of a search is optimistic), compared the same way. Also
@@ -700,7 +701,7 @@ def summarize(results: dict[str, list[dict]], budget: int, seeds: int, reference
 
 
 def _paired(hpo: list[dict], runs: list[dict], key: str) -> dict:
-    """hpo's default minus this strategy, seed by seed (hpo.stats)."""
+    """hpo's default minus this strategy, seed by seed (hpo.validation.stats)."""
     paired = compare_paired([r[key] for r in hpo], [r[key] for r in runs])
     return {k: paired[k] for k in ("mean_diff", "ci_low", "ci_high", "p_value")}
 

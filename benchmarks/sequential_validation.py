@@ -7,7 +7,8 @@ t with 3 degrees of freedom for outlying seeds), how often each design calls the
 beyond noise (the false-positive rate at d_z = 0, the power otherwise) and how many seeds it
 runs on average. Both designs see the same simulated differences, so their gap is paired. Fixed:
 hpo.validate --fixed-seeds (the exact permutation p < 0.05 at --max-seeds seeds); sequential:
-hpo.validate's default (hpo.sequential's looks and boundaries). The verdict's other condition
+hpo.validate's default (hpo.validation.sequential's looks and boundaries). The verdict's other
+condition
 (the 95% t-interval excludes 0) is left out of both; it only makes either call rarer.
 """
 

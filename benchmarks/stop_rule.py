@@ -17,7 +17,7 @@ The winner at a rule's stop is the best mean over seeds of the runs finished by 
 selection for every rule, so that only the stopping differs); it and the full budget's winner
 are trained on --test-seeds fresh seeds (hpo.validate's seeds and test split). Reported per
 rule: how often it stopped, the compute it saved, and the test loss lost against the full
-budget, seed-paired (hpo.stats).
+budget, seed-paired (hpo.validation.stats).
 """
 
 from __future__ import annotations

@@ -22,14 +22,15 @@ The package's own file map (folders name the architecture):
                     strategy.py (sampler, pruner), devices.py (GPUs per worker), progress.py
                     (bar, lines, summary), study_spec.py (the YAML schema and its checks),
                     record.py (TrialRecord), manifest.py, noise.py and reevaluation.py (seed
-                    noise while tuning), artifacts.py (files for the dashboard), errors.py
+                    noise while tuning), artifacts.py (files for the dashboard),
+                    dashboard_server.py (optuna-dashboard on them), errors.py
                     (HPOError, the one root), storage.py (SQLite / PostgreSQL, heartbeats,
                     retries; the one module that touches Optuna's internals)
     cli/            the doors: flags -> a request dataclass -> one core call; command.py is
                     the one place an error becomes a line and an exit code. hpo/run.py,
                     worker.py, dashboard.py, analyze.py, validate.py only let `python -m
                     hpo.run` (...) reach them
-    analysis/       read-only: analyze.py (hpo.analyze's core), importance.py, diagnostics.py,
+    analysis/       analyze.py (hpo.analyze's core), importance.py, diagnostics.py,
                     plots.py
     validation/     validate.py (hpo.validate's core), stats.py, sequential.py, report.py,
                     replay.py (a trial trained again from its manifest)

@@ -3,6 +3,9 @@ as one line and exit with its code (hpo.cli.command); a tuner records a trial's 
 reason it failed and goes on. The built-in trainer has its own family (trainers.errors), which
 the doors read the same way: bad input exits 2, a run that could not go on exits 1."""
 
+# the exit code of each outcome, the same in every command and spawned worker
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
 
 class HPOError(Exception):
     """Root of every error hpo raises on purpose: exit code 1 unless a subclass says otherwise."""

@@ -12,9 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from hpo import noise
-from hpo.analysis.diagnostics import pruning_stats
 from hpo.objective import COUNTED
-from hpo.record import TrialRecord
+from hpo.record import TrialRecord, pruning_stats
 
 
 class Progress:

@@ -11,10 +11,13 @@ field, the parameter count under "params") read the same way.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 ATTR = "hpo.record"
 
@@ -116,6 +119,26 @@ def update_by_id(
     record = dataclasses.replace(TrialRecord.of(storage.get_trial(trial_id)), **changes)
     storage.set_trial_user_attr(trial_id, ATTR, record.to_json())
     return record
+
+
+def pruning_stats(trials: Sequence[FrozenTrial]) -> dict:
+    """Trials pruned at each step (rung), and the compute pruning saved: in tokens, which
+    compare trials of different batch sizes, where every trial recorded them, else in steps."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    per_rung = Counter(t.last_step for t in pruned if t.last_step is not None)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    counted = [r for r in map(TrialRecord.of, finished) if r.steps is not None]
+    unit = "tokens" if counted and all(r.max_tokens is not None for r in counted) else "steps"
+    trained = sum(getattr(r, unit) for r in counted)
+    full = sum(getattr(r, f"max_{unit}") or getattr(r, unit) for r in counted)
+    return {
+        "pruned": len(pruned),
+        "pruned_per_step": dict(sorted(per_rung.items())),
+        "unit": unit,
+        "trained": trained,
+        "without_pruning": full,
+        "saved": 1 - trained / full if full else 0.0,
+    }
 
 
 _LEGACY_NAMES = {"params": "n_params"}

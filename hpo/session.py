@@ -8,7 +8,7 @@ Ray backend call it with dataclasses, never with an argv:
 
     study, plan = join_study(JoinRequest(study="lr_sweep", storage=url))   # hpo.worker
 
-One worker's loop and the supervision of several worker processes live in hpo.work; the plan
+One worker's loop and the supervision of several worker processes live in hpo.trial_loop; the plan
 they follow in hpo.plan.
 """
 

@@ -180,7 +180,8 @@ class Storage(optuna.storages.RDBStorage):
     # ask() has returned (after the sampler's before_trial), and a Ray trial waits for a slot
     # after it is asked for; a trial that never beat is never stale, so a worker or driver that
     # died in between left it RUNNING for good, counted as in play by every later run of the
-    # study. Optuna's storage cache calls this private method, not create_new_trial.
+    # study. Optuna's storage cache calls this private method, not create_new_trial (checked
+    # against optuna 5.1.0: tests/hpo/test_storage.py fails if it stops doing so).
     def _create_new_trial(
         self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
     ) -> optuna.trial.FrozenTrial:
@@ -209,7 +210,8 @@ class Storage(optuna.storages.RDBStorage):
         """The trials whose worker went silent, each told why while it still runs: Optuna
         fails them (at the start of every trial, and in fail_crashed_trials) but cannot record
         a reason, since a finished trial's attributes are frozen. Whichever worker fails a
-        trial first, its record says crashed."""
+        trial first, its record says crashed. (A private method, checked against optuna 5.1.0:
+        tests/hpo/test_storage.py fails if Optuna stops calling it.)"""
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
             # another worker may have failed it first: a finished trial refuses the write
@@ -237,7 +239,9 @@ def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
 
 
 def trial_id_by_number(study: optuna.Study, number: int) -> int:
-    return storage_of(study).get_trial_id_from_study_id_trial_number(study._study_id, number)
+    storage = storage_of(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
 def update_record(study: optuna.Study, number: int, **changes: Any) -> records.TrialRecord:

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpo import space
-from hpo.errors import HPOError, UsageError
+from hpo.errors import UsageError
 from hpo.trainable import (
     BUILTIN_ENTRY,
     SEED_KEY,
@@ -375,7 +375,7 @@ def dry_run(spec: StudySpec, base: dict[str, Any] | None = None, samples: int = 
             for name, bounds in spec.search_space.items():
                 try:
                     sampled = space.suggest(trial, {name: bounds})
-                except HPOError:
+                except UsageError:
                     raise
                 except ValueError:  # a bad bound: the message names it
                     raise

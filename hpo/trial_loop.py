@@ -23,8 +23,9 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from hpo.cli.command import EXIT_INTERRUPTED, run_cli
-from hpo.errors import StudyFailedError
+# a spawned worker is a process of its own: it ends through the doors' one error path
+from hpo.cli.command import run_cli
+from hpo.errors import EXIT_INTERRUPTED, StudyFailedError
 from hpo.objective import (
     COUNTED,
     IN_PLAY,

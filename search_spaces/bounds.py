@@ -5,7 +5,7 @@ Each error names the space, the bound and the bad value, e.g.
 
 Each space also declares its tunable ranges as `Bound`s next to its `suggest`: the study-YAML
 key, the Optuna parameter it becomes, and the hard domain of its values. The space checks its
-bounds against that declaration, and hpo.diagnostics reads the same declaration to advise a
+bounds against that declaration, and hpo.analysis.diagnostics reads the same declaration to advise a
 wider range that the space will accept.
 """
 

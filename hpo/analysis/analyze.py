@@ -1,6 +1,7 @@
 """What mattered in a study: the core of python -m hpo.analyze (its door: hpo.cli.analyze).
 
-Prints importance with intervals (each parameter scored within its condition, hpo.importance),
+Prints importance with intervals (each parameter scored within its condition,
+hpo.analysis.importance),
 the conditions compared, range warnings (in study-YAML keys, inside each bound's domain),
 sensitivity and pruning statistics; writes plots (HTML + PNG), summary.md and analysis.json
 under runs/<study>/report/, and attaches the plots and summary to the study (artifacts and a
@@ -11,6 +12,7 @@ ones included (--values final: completed trials only); the summary says which.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from hpo.analysis.importance import (
 from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.errors import UsageError
 from hpo.noise import NoiseReport
+from hpo.record import pruning_stats
 from hpo.storage import load_existing_study, runs_dir, stored_name
 
 VALUES = ("rung", "final")  # --values: what importance, sensitivity and range advice compare
@@ -86,7 +89,7 @@ def analyze(
         "sensitivity": diagnostics.sensitivity(compared.trials)
         .reset_index()
         .to_dict(orient="records"),
-        "pruning": diagnostics.pruning_stats(trials),
+        "pruning": pruning_stats(trials),
         "notes": notes,
     }
     if out is not None:
@@ -298,8 +301,11 @@ class Analysis:
     attached: int | None
 
 
-def analyze_study(request: AnalyzeRequest) -> Analysis:
-    """Analyze the study the request names: write the report, attach it to the study. Raises
+def analyze_study(
+    request: AnalyzeRequest, show: Callable[[str], None] = lambda summary: None
+) -> Analysis:
+    """Analyze the study the request names: write the report, `show` its summary, then attach
+    both to the study (so that a failed upload still leaves the summary shown). Raises
     UsageError for bad input."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if request.resamples < 1:
@@ -316,5 +322,6 @@ def analyze_study(request: AnalyzeRequest) -> Analysis:
         values=request.values,
     )
     summary = (out / "summary.md").read_text()
+    show(summary)
     attached = attach(study, out, summary) if request.upload else None
     return Analysis(study.study_name, result, summary, out, attached)

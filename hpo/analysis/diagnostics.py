@@ -4,7 +4,6 @@ the search range was right, how each parameter moves the objective, and what pru
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,6 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
 import search_spaces
-from hpo.record import TrialRecord
 from search_spaces.bounds import Bound
 
 EDGE = 0.1  # the outer 10% of a range (on its own scale) counts as "at the edge"
@@ -254,23 +252,3 @@ def sensitivity(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
             {"param": name, "spearman": float(rho), "p_value": float(p_value), "n": len(pairs)}
         )
     return pd.DataFrame(rows, columns=["param", "spearman", "p_value", "n"]).set_index("param")
-
-
-def pruning_stats(trials: Sequence[FrozenTrial]) -> dict:
-    """Trials pruned at each step (rung), and the compute pruning saved: in tokens, which
-    compare trials of different batch sizes, where every trial recorded them, else in steps."""
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    per_rung = Counter(t.last_step for t in pruned if t.last_step is not None)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    counted = [r for r in map(TrialRecord.of, finished) if r.steps is not None]
-    unit = "tokens" if counted and all(r.max_tokens is not None for r in counted) else "steps"
-    trained = sum(getattr(r, unit) for r in counted)
-    full = sum(getattr(r, f"max_{unit}") or getattr(r, unit) for r in counted)
-    return {
-        "pruned": len(pruned),
-        "pruned_per_step": dict(sorted(per_rung.items())),
-        "unit": unit,
-        "trained": trained,
-        "without_pruning": full,
-        "saved": 1 - trained / full if full else 0.0,
-    }

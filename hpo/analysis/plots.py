@@ -93,7 +93,7 @@ def _save(name: str, interactive: Callable, static: Callable, out: Path) -> list
 
 def _labels(imp: pd.DataFrame) -> list[str]:
     """Parameter names, with the condition each was scored in when there are several
-    (importances compare only within one condition, hpo.importance)."""
+    (importances compare only within one condition, hpo.analysis.importance)."""
     if "scope" not in imp or imp["scope"].nunique() < 2:
         return list(imp.index)
     return [f"{name} [{scope}]" for name, scope in zip(imp.index, imp["scope"], strict=True)]

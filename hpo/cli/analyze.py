@@ -58,9 +58,9 @@ def _analyze(args: argparse.Namespace) -> int:
             values=args.values,
             out=args.out,
             upload=not args.no_upload,
-        )
+        ),
+        show=print,
     )
-    print(done.summary)
     if done.attached is not None:
         print(
             f"attached {done.attached} files and a note to study {done.study_name!r}",

@@ -1,8 +1,9 @@
-"""The one error path of every command (hpo.run, hpo.worker, hpo.analyze, hpo.validate,
-hpo.dashboard, the trainer's trainers.train, and each spawned worker process): bad input is one
-line on stderr and exit code 2, a run that failed is one line and exit code 1, Ctrl-C or
-SIGTERM is exit code 130. Never a traceback for an error the code raises on purpose; a bug
-still shows its traceback."""
+"""The one error path of every hpo command (hpo.run, hpo.worker, hpo.analyze, hpo.validate,
+hpo.dashboard) and of each worker process that hpo.run --workers N spawns: bad input is one line
+on stderr and exit code 2, a run that failed is one line and exit code 1, Ctrl-C or SIGTERM is
+exit code 130 (the codes: hpo.errors). Never a traceback for an error the code raises on
+purpose; a bug still shows its traceback. The trainer's own command, trainers.train, maps its
+errors to the same codes itself: trainers/ imports nothing of hpo."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import trainers.errors
-from hpo.errors import HPOError, UsageError
+from hpo.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, HPOError, UsageError
 
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+INTERRUPTED_MESSAGE = "interrupted: no trial is left running; rerun the same command to continue"
 BAD_INPUT = (UsageError, trainers.errors.UsageError)
 ON_PURPOSE = (HPOError, trainers.errors.TrainerError)
 

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from hpo.cli.command import run_cli
+from hpo.cli.command import INTERRUPTED_MESSAGE, run_cli
 from hpo.cli.flags import add_storage_flag, add_study_flags
 from hpo.errors import UsageError
 from hpo.session import RunRequest, load_request, open_study, run_study
@@ -24,7 +24,6 @@ RAY_ONLY = (
     *("address", "scheduler", "cpus_per_trial", "gpus_per_trial", "max_concurrent"),
     "ray_storage",
 )
-INTERRUPTED_MESSAGE = "interrupted: no trial is left running; rerun the same command to continue"
 
 
 def build_parser() -> argparse.ArgumentParser:

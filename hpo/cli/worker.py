@@ -15,9 +15,8 @@ import argparse
 import logging
 import sys
 
-from hpo.cli.command import run_cli
+from hpo.cli.command import INTERRUPTED_MESSAGE, run_cli
 from hpo.cli.flags import add_storage_flag, add_study_flags
-from hpo.cli.run import INTERRUPTED_MESSAGE
 from hpo.session import JoinRequest, join_study, run_study
 from hpo.storage import stored_name
 from hpo.trial_loop import quiet_optuna

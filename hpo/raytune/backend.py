@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from hpo import noise
+from hpo.errors import EXIT_INTERRUPTED
 from hpo.objective import clean_checkpoints
 from hpo.plan import WorkerPlan
 from hpo.progress import Progress, summary
@@ -89,7 +90,7 @@ def _tune(
     try:
         code = _fit(spec, opts, study, plan, path, driver)
         if code == 0 and driver.reevaluations is not None:
-            # the last incumbent gets its seeds too, within the same share (as hpo.work does)
+            # the last incumbent gets its seeds too, within the same share (as hpo.trial_loop does)
             elapsed = time.time() - started
             deadline = time.monotonic() - elapsed + opts.timeout if opts.timeout else None
             driver.reevaluations.finish(deadline)
@@ -108,7 +109,7 @@ def _tune(
             f"first trial running (ray.init {ray_init[1] - ray_init[0]:.1f}s)",
             file=sys.stderr,
         )
-    if code == 130:
+    if code == EXIT_INTERRUPTED:
         print(
             "interrupted: unfinished trials keep their checkpoints; rerun the same command to "
             "restore the Ray experiment and continue",
@@ -128,7 +129,7 @@ def _fit(
     driver: Driver,
 ) -> int:
     """Restore an interrupted experiment of the study, if any, then top the study up with a new
-    one. 130 when interrupted."""
+    one. EXIT_INTERRUPTED when interrupted."""
     experiment = driver.experiment
     restoring = tune.Tuner.can_restore(path)
     if not restoring:
@@ -140,7 +141,7 @@ def _fit(
             print(f"restoring the interrupted Ray experiment {path}", file=sys.stderr)
             tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()
             if _after_fit(driver, study, experiment):
-                return 130
+                return EXIT_INTERRUPTED
         # a queued trial (the baseline of sampler.baseline_first, a crashed trial's retry) is
         # one of those the searcher asks for: it takes the queue first
         started = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -150,18 +151,18 @@ def _fit(
             new_tuner(spec, opts, study, plan, trainable, experiment, remaining).fit()
             return _after_fit(driver, study, experiment)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 
 def _after_fit(driver: Driver, study: optuna.Study, experiment: str) -> int:
-    """130 when Tune was interrupted: trials of this experiment are left unfinished."""
+    """EXIT_INTERRUPTED when Tune was interrupted: trials of this experiment are left unfinished."""
     unfinished = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if t.user_attrs.get("ray.experiment") == experiment
     ]
-    return 130 if unfinished else 0
+    return EXIT_INTERRUPTED if unfinished else 0
 
 
 def _where(opts: RayOptions) -> str:

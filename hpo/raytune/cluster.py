@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def connect(opts: RayOptions) -> tuple[float, float]:
     """Start a local Ray, or join a cluster. Returns when ray.init started and ended (Ray's
-    start-up cost, for the summary). HPOError when the cluster cannot be reached."""
+    start-up cost, for the summary). UsageError when the cluster cannot be reached."""
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # relative paths (corpus, cache) mean the same there
     env.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
     address = opts.address

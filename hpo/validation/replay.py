@@ -24,7 +24,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HPOError, UsageError
+from hpo.errors import UsageError
 from hpo.manifest import manifest_config, outcome_manifest
 from hpo.objective import error_line
 from hpo.record import TrialRecord
@@ -314,7 +314,7 @@ def _train(
             return execute(trainable, run)
     except InvalidConfig as e:  # e.g. the corpus file is gone
         raise UsageError(f"cannot replay: {e}") from None
-    except HPOError:
+    except UsageError:
         raise
     except Exception as e:
         raise ReplayFailed(error_line(e)) from e

@@ -1,4 +1,4 @@
-"""hpo.validate's report: the statistics of each comparison, its verdict (hpo.stats), the
+"""hpo.validate's report: the statistics of each comparison, its verdict (hpo.validation.stats), the
 Markdown and the plot, attached to the study for the dashboard."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def report(
 ) -> dict:
     """The statistics, verdicts and winner's optimism of each config against the baseline, in
     the objective's metric on the test split, its direction followed. With max_seeds (a
-    sequential validation of one config, hpo.sequential), the verdict reads the boundary of the
+    sequential validation of one config, hpo.validation.sequential), the verdict reads the
+    boundary of the
     look where the seeds stopped. `pairing_keys`: the trainable's (hpo.trainable)."""
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     metric = study.user_attrs["hpo.spec"]["objective"]["metric"]  # what the trials' values are

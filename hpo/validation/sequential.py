@@ -6,14 +6,15 @@ and stopping at the first significant look would raise the false-positive rate a
 look used the plain 0.05 level, so each look gets a stricter boundary, from an alpha-spending
 plan: by look k at most SPENT(k) of the 5% has been used, and all of it by the last look.
 
-The test is the exact sign-flip permutation test of hpo.stats, made group-sequential without an
+The test is the exact sign-flip permutation test of hpo.validation.stats, made group-sequential
+without an
 approximation. Under the null hypothesis (differences symmetric about 0) the signs of the
 differences are fair coin flips given their sizes, so for the sizes seen so far every sign pattern
 is equally likely; enumerating them gives, exactly, the chance that an earlier look would have
 stopped, and the boundary of this look is the largest p-value that keeps the total within the
 spending plan. The false-positive rate is at most 5% for any symmetric distribution of the
 differences, whatever the number of looks. Beyond 13 seeds the patterns are sampled (seeded),
-as hpo.stats does.
+as hpo.validation.stats does.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@
   reaches the target counts as infinite): two order statistics, exact for any continuous shape.
 - Benjamini-Hochberg adjustment when several configs are compared with one baseline.
 - The verdict calls a difference "beyond seed-to-seed noise" only when the 95% interval excludes
-  0 and the (adjusted) p is below 0.05 as well; in a sequential validation (hpo.sequential), when
+  0 and the (adjusted) p is below 0.05 as well; in a sequential validation
+  (hpo.validation.sequential), when
   p is at most the boundary of the look where it stopped.
 """
 
@@ -153,7 +154,8 @@ def verdict(comparison: dict[str, Any], *, minimize: bool = True) -> str:
     p = comparison.get("p_adjusted", comparison["p_value"])
     p_name = "adjusted permutation p" if "p_adjusted" in comparison else "permutation p"
     excludes_zero = high < 0 or low > 0
-    # a sequential validation (hpo.sequential) compares p with its look's boundary instead
+    # a sequential validation (hpo.validation.sequential) compares p with its look's boundary
+    # instead
     sequential = comparison.get("sequential")
     beyond = p <= sequential["boundary"] if sequential else p < ALPHA
     level = f"<= {sequential['boundary']:.3g}, the boundary of this look" if sequential else None

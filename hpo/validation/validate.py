@@ -163,7 +163,8 @@ def validate(
 ) -> dict[str, list[dict]]:
     """{label: one result row per seed, by seed}. Seeds stored in the study are read, not
     trained again. With `sequential` (one config against the baseline), seeds are added in rounds
-    up to `seeds` and it stops at the first look of hpo.sequential that decides; the rows are
+    up to `seeds` and it stops at the first look of hpo.validation.sequential that decides; the
+    rows are
     those of the seeds up to that look."""
     rounds = looks(seeds) if sequential and len(configs) == 2 else [seeds]
     metric = test_metric(study)

@@ -48,7 +48,7 @@ def test_dashboard_in_a_browser_shows_the_study_its_analysis_and_plots(tmp_path,
 
     storage = sqlite_url(tmp_path)
     # one optimizer family and no decay switch: all 8 trials share one condition, enough for
-    # importance (hpo.importance scores a parameter within trials that all have it)
+    # importance (hpo.analysis.importance scores a parameter within trials that all have it)
     spec = yaml.safe_load((STUDIES / "smoke.yaml").read_text())
     spec["search_space"]["optimizer"] = {
         "lr": [1.0e-3, 3.0e-2],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hpo.devices import Placement, gpu_share, place_workers, visible_gpus
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.record import TrialRecord
 from tests.helpers import run_hpo, trials_at
 
@@ -41,9 +41,9 @@ def test_the_users_own_list_is_respected_as_written(monkeypatch):
 def test_the_cpu_and_impossible_packing_are_refused(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert place_workers(workers=2, trials_per_gpu=None, device="cpu") == (2, None)
-    with pytest.raises(HPOError, match=r"train\.device=cpu"):
+    with pytest.raises(UsageError, match=r"train\.device=cpu"):
         place_workers(workers=None, trials_per_gpu=2, device="cpu")
-    with pytest.raises(HPOError, match="--workers 5 would put more than --trials-per-gpu 2"):
+    with pytest.raises(UsageError, match="--workers 5 would put more than --trials-per-gpu 2"):
         place_workers(workers=5, trials_per_gpu=2, device="auto")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.record import ATTR, TrialRecord
 from hpo.validation.replay import GPU_TOLERANCE, environment_differences, replay_trial
 from tests.helpers import SMOKE_FAST, run_hpo, sets
@@ -130,7 +130,7 @@ def test_a_trial_without_a_manifest_cannot_be_replayed():
         optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "diverged"})
     )
     with pytest.raises(
-        HPOError, match=r"trial 0 of .* stored no manifest to replay from \(diverged\)"
+        UsageError, match=r"trial 0 of .* stored no manifest to replay from \(diverged\)"
     ):
         replay_trial(study, 0)
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 import hpo
 from hpo.analysis.analyze import analyze
-from hpo.errors import HPOError, StudyFailedError
+from hpo.errors import StudyFailedError, UsageError
 from hpo.record import TrialRecord
 from hpo.seam import Config, ContractError, Diverged, Run, Sink, StopTrial, execute
 from hpo.session import RunRequest, load_request
@@ -207,7 +207,7 @@ def test_a_copy_of_another_configs_save_keeps_its_own_settings(tmp_path):
     ],
 )
 def test_an_entry_that_cannot_train_is_one_line(entry, message):
-    with pytest.raises(HPOError) as e:
+    with pytest.raises(UsageError) as e:
         load_trainable(entry)
     assert message in str(e.value) and "\n" not in str(e.value)
 
@@ -215,7 +215,7 @@ def test_an_entry_that_cannot_train_is_one_line(entry, message):
 def test_an_entry_whose_module_fails_on_import_says_why(tmp_path, monkeypatch):
     (tmp_path / "broken_train.py").write_text("import numpy\nraise RuntimeError('no GPU here')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(HPOError, match="importing module 'broken_train' failed: RuntimeError"):
+    with pytest.raises(UsageError, match="importing module 'broken_train' failed: RuntimeError"):
         load_trainable("broken_train:train")
 
 
@@ -312,7 +312,7 @@ def test_a_tuned_key_the_function_never_reads_is_named(tmp_path, monkeypatch, ca
 
 
 def test_settings_a_user_function_does_not_have_are_refused(tmp_path, monkeypatch):
-    with pytest.raises(HPOError, match=re.escape("baseline: unknown config key 'optim.lr'")):
+    with pytest.raises(UsageError, match=re.escape("baseline: unknown config key 'optim.lr'")):
         tune_fake(tmp_path, monkeypatch, baseline={"optim.lr": 1e-3})
     study_file = tmp_path / "fake.yaml"
     study_file.write_text(
@@ -320,8 +320,10 @@ def test_settings_a_user_function_does_not_have_are_refused(tmp_path, monkeypatc
         "trainer: {entry: 'tests.fakes:quadratic', x: 0.5, train.max_steps: 40,"
         " train.eval_interval: 10}\n"
     )
-    with pytest.raises(HPOError, match=re.escape("--set: unknown config key 'train.max_step'")):
+    with pytest.raises(UsageError, match=re.escape("--set: unknown config key 'train.max_step'")):
         load_request(RunRequest(study=str(study_file), sets=("train.max_step=50",)))
-    with pytest.raises(HPOError, match=re.escape("unknown bound tests.fakes:suggest.y; valid for")):
+    with pytest.raises(
+        UsageError, match=re.escape("unknown bound tests.fakes:suggest.y; valid for")
+    ):
         study_file.write_text(study_file.read_text().replace("suggest': {}", "suggest': {y: 1}"))
         load_request(RunRequest(study=str(study_file)))

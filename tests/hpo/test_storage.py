@@ -195,3 +195,5 @@ def test_the_optuna_internals_hpo_relies_on_are_still_what_it_was_written_agains
     )
     assert trial_id(trial) == trial_id(study.trials[0]) == by_public_api
     assert trial_id_by_number(study, trial.number) == by_public_api
+    # a running trial's storage: an attribute without an underscore, but not in Optuna's docs
+    assert trial.storage.get_trial(trial_id(trial)).number == trial.number

@@ -1,6 +1,6 @@
 import pytest
 
-from hpo.errors import HPOError
+from hpo.errors import UsageError
 from hpo.study_spec import load_study_spec, study_names
 
 
@@ -88,7 +88,7 @@ def test_bad_specs_are_refused_with_one_clear_line(tmp_path, text, message):
     if message is None:  # valid: the space always yields a divisible width
         load_study_spec(str(path))
         return
-    with pytest.raises(HPOError) as err:
+    with pytest.raises(UsageError) as err:
         load_study_spec(str(path))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
@@ -96,14 +96,14 @@ def test_bad_specs_are_refused_with_one_clear_line(tmp_path, text, message):
 
 def test_unknown_study_lists_the_shipped_ones():
     with pytest.raises(
-        HPOError,
+        UsageError,
         match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, digits, full_sweep, lr_sweep, pbt, smoke",
     ):
         load_study_spec("lr_sweeep")
 
 
 def test_sets_are_checked_against_the_trainer():
-    with pytest.raises(HPOError, match=r"model\.n_layerz"):
+    with pytest.raises(UsageError, match=r"model\.n_layerz"):
         load_study_spec("smoke", sets={"model.n_layerz": "2"})
 
 

@@ -157,7 +157,7 @@ def test_yaml_style_string_numbers_are_accepted():
 
 @pytest.mark.parametrize("space", list(search_spaces.SPACES))
 def test_every_numeric_parameter_declares_its_bound(space):
-    """hpo.diagnostics reads search_spaces.BOUNDS to advise a range: each numeric parameter a
+    """hpo.analysis.diagnostics reads search_spaces.BOUNDS to advise a range: each numeric parameter a
     space samples must be declared there, under its space and a bound its suggest() takes."""
     keywords = inspect.signature(search_spaces.SPACES[space]).parameters
     bounds = {"names": ["adamw", "adam", "sgd"]} if space == "optimizer" else {}
