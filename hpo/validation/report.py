@@ -4,10 +4,12 @@ Markdown and the plot, attached to the study for the dashboard."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import optuna
+from scipy import stats
 
 from hpo.artifacts import VALIDATION_HEADING, upload
 from hpo.storage import runs_dir
@@ -74,7 +76,10 @@ def report(
     ):
         cmp["p_adjusted"] = p
         if max_seeds is not None:
-            cmp["sequential"] = sequential_summary(cmp["n"], max_seeds, per_config, test)
+            # one comparison: its p is the look's, the one number that stopped the seeds (the
+            # permutation p above samples its own patterns beyond 13 seeds)
+            cmp["sequential"] = sequential_summary(cmp, max_seeds, per_config, test)
+            cmp["p_value"] = cmp["p_adjusted"] = cmp["sequential"]["p_value"]
         cmp["verdict"] = verdict(cmp, minimize=minimize)
     return out
 
@@ -87,15 +92,27 @@ def differences(per_config: dict[str, list[dict]], metric: str) -> list[float]:
 
 
 def sequential_summary(
-    n: int, max_seeds: int, per_config: dict[str, list[dict]], metric: str
+    cmp: dict, max_seeds: int, per_config: dict[str, list[dict]], metric: str
 ) -> dict:
-    """Where the sequential test stopped: its looks, this look's boundary, settled early or not."""
-    at = look(differences(per_config, metric), max_seeds)
+    """Where the sequential test stopped: its looks, this look's p and boundary, settled early
+    or not, and the repeated-confidence interval: the t-interval at this look's own level
+    (1 - boundary), which keeps its coverage whatever look stopped. The plain 95% interval does
+    not after an early stop: a look stops when the difference looks large, so the mean of the
+    seeds it stopped at is biased away from 0 (the "winner's curse" of early stopping)."""
+    diffs = differences(per_config, metric)
+    at = look(diffs, max_seeds)
+    n = len(diffs)
+    half = math.inf
+    if at.boundary > 0 and n > 1:
+        half = float(stats.t.ppf(1 - at.boundary / 2, df=n - 1) * stats.sem(diffs))
     return {
         "looks": looks(max_seeds),
         "max_seeds": max_seeds,
+        "p_value": at.p_value,
         "boundary": at.boundary,
         "stopped_early": at.stop and n < max_seeds,
+        "rci_low": cmp["mean_diff"] - half,
+        "rci_high": cmp["mean_diff"] + half,
     }
 
 
@@ -120,6 +137,15 @@ def markdown(rep: dict) -> str:
                 f"5%; `--fixed-seeds` runs all of them).",
                 "",
             ]
+            if seq["stopped_early"] and "rci_low" in seq:
+                lines += [
+                    "Stopped early, so the mean difference below is biased away from 0 (a look "
+                    "stops when the difference looks large). The interval that keeps its "
+                    f"coverage under the stopping rule (repeated-confidence, at this look's "
+                    f"level 1 - {seq['boundary']:.3g}): [{seq['rci_low']:+.4f}, "
+                    f"{seq['rci_high']:+.4f}].",
+                    "",
+                ]
     test = rep.get("metric", "test/loss")  # reports written before the seam compared loss
     others = [m for m in next(iter(rep["configs"].values())) if m != test]
     lines += [

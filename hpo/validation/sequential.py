@@ -13,12 +13,21 @@ differences are fair coin flips given their sizes, so for the sizes seen so far 
 is equally likely; enumerating them gives, exactly, the chance that an earlier look would have
 stopped, and the boundary of this look is the largest p-value that keeps the total within the
 spending plan. The false-positive rate is at most 5% for any symmetric distribution of the
-differences, whatever the number of looks. Beyond 13 seeds the patterns are sampled (seeded),
-as hpo.validation.stats does.
+differences, whatever the number of looks. Beyond 13 seeds (2^13 patterns) the patterns are
+sampled: one seeded sample of the whole plan's patterns, whose first k signs serve look k, so
+every look's boundary and p are the same numbers at every later look, in the stop, the verdict
+and the report.
+
+The plan (the most seeds, and so the looks and their boundaries) is fixed by a comparison's first
+run and stored with the study (settle_plan): a rerun with another --seeds goes on under it.
+Otherwise a verdict could be re-rolled without training anything: 10 stored differences with
+p = 0.0254 are "not distinguishable" under the 10-seed plan (boundary 0.0215) but "better" under
+a 20-seed plan (boundary 0.0293 at its look at 10).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -69,7 +78,7 @@ def look(diffs: Sequence[float], max_seeds: int, *, seed: int = 0) -> Look:
     plan = [k for k in looks(max_seeds) if k <= n]
     if not plan or plan[-1] != n:
         raise ValueError(f"{n} seeds is not a look of the plan {looks(max_seeds)}")
-    signs = _sign_patterns(n, seed=seed)
+    signs = _sign_patterns(max_seeds, seed=seed)  # the whole plan's: the same at every look
     observed = np.sign(np.asarray(diffs, dtype=float))
     observed[observed == 0] = 1.0
     stopped = np.zeros(len(signs), dtype=bool)  # the patterns an earlier look stopped
@@ -78,18 +87,24 @@ def look(diffs: Sequence[float], max_seeds: int, *, seed: int = 0) -> Look:
         budget = spent(k, max_seeds) - stopped.mean()
         boundary = _boundary(p[~stopped], budget, total=len(signs))
         if k == n:
-            sampled = 2**n > N_RESAMPLES
+            sampled = 2**max_seeds > N_RESAMPLES
             p_obs = _p_of(observed[:k] * d[:k], signs[:, :k] * d[:k], sampled=sampled)
             return Look(n, p_obs, boundary, p_obs <= boundary, n == max_seeds)
         stopped |= p <= boundary
     raise AssertionError("unreachable: the plan ends at n")
 
 
+@functools.lru_cache(maxsize=8)  # a validation looks several times with the same plan
 def _sign_patterns(n: int, *, seed: int) -> np.ndarray:
-    """Every pattern of n signs (or N_RESAMPLES random ones beyond 2^n > N_RESAMPLES)."""
+    """Every pattern of n signs (or N_RESAMPLES random ones beyond 2^n > N_RESAMPLES). The
+    first k signs of all 2^n patterns are every k-pattern 2^(n-k) times: the p of a look at k
+    seeds is the exact one, as if only k were enumerated."""
     if 2**n <= N_RESAMPLES:
-        return np.array(list(product((1.0, -1.0), repeat=n)))
-    return np.random.default_rng(seed).choice((1.0, -1.0), size=(N_RESAMPLES, n))
+        patterns = np.array(list(product((1.0, -1.0), repeat=n)))
+    else:
+        patterns = np.random.default_rng(seed).choice((1.0, -1.0), size=(N_RESAMPLES, n))
+    patterns.flags.writeable = False  # shared by every caller
+    return patterns
 
 
 def _stat(signed: np.ndarray) -> np.ndarray:
@@ -116,9 +131,38 @@ def _p_of(observed: np.ndarray, patterns: np.ndarray, *, sampled: bool) -> float
 def _boundary(p: np.ndarray, budget: float, *, total: int) -> float:
     """The largest p-value c such that the patterns not stopped before with p <= c make up at
     most `budget` of all patterns (0 when even the smallest would exceed it)."""
-    best = 0.0
-    for c in np.unique(p):
-        if np.count_nonzero(p <= c) / total > budget + 1e-12:
-            break
-        best = float(c)
-    return best
+    candidates = np.unique(p)  # sorted
+    within = np.searchsorted(np.sort(p), candidates, side="right") / total <= budget + 1e-12
+    # the shares grow with c: the candidates within budget are a prefix
+    return float(candidates[within][-1]) if within.any() else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A comparison's validation plan, fixed by its first run: the most seeds, and whether it
+    looks before the last (sequential) or runs them all (--fixed-seeds, or several configs)."""
+
+    max_seeds: int
+    sequential: bool
+
+    def to_json(self) -> dict:
+        return {"max_seeds": self.max_seeds, "sequential": self.sequential}
+
+
+def settle_plan(stored: dict | None, *, seeds: int, sequential: bool) -> tuple[Plan, str | None]:
+    """The plan a run follows: the stored one if the comparison has one (and a note when the
+    run asked for another), else the one asked for. A new plan on results already seen is a
+    new analysis, whose 5% would come on top of the first one's; asking for more seeds when
+    the first verdict disappoints is exactly the re-roll this rule stops."""
+    asked = Plan(seeds, sequential)
+    if stored is None:
+        return asked, None
+    plan = Plan(int(stored["max_seeds"]), bool(stored["sequential"]))
+    if plan == asked:
+        return plan, None
+    how = "sequential looks" if plan.sequential else "all seeds, one look"
+    return plan, (
+        f"note: this comparison was planned at its first run with up to {plan.max_seeds} seeds "
+        f"({how}); it goes on under that plan, not --seeds {seeds}: another plan on the same "
+        "results could change the verdict without any new evidence"
+    )

@@ -29,7 +29,7 @@ from hpo.study_spec import StudySpec
 from hpo.tracking import Tracker, Tracking, make_tracker, resolve_tracking, tracker_for
 from hpo.trainable import importable, load_trainable, nest
 from hpo.validation.report import ATTR, differences, report, test_metric, write_report
-from hpo.validation.sequential import look, looks
+from hpo.validation.sequential import look, looks, settle_plan
 from hpo.validation.stats import ADVISED_PAIRS, MIN_PAIRS, smallest_p
 
 SEED_BASE = 1000  # validation seeds are 1000, 1001, ...: never the tuning seed
@@ -295,7 +295,23 @@ def validate_study(request: ValidateRequest, study: optuna.Study | None = None) 
         trainable.preflight(config, splits=("train", "val", "test"))
     tracker = make_tracker(_tracking(study, request))  # a failure warns once; goes on untracked
     tracking = tracker.open_study(study, study.user_attrs.get("hpo.manifest", {})) or Tracking()
-    seeds = request.seeds
+    sequential = not request.fixed_seeds and len(looks(request.seeds)) > 1
+    if sequential and len(configs) > 2:
+        print(
+            f"note: seeds stop early only when one config is compared with the baseline; "
+            f"with {len(configs) - 1} configs all {request.seeds} seeds are run",
+            file=sys.stderr,
+        )
+        sequential = False
+    # the plan is the comparison's first run's: a rerun with another --seeds goes on under it
+    plan_key = f"{ATTR}.plan.{_digest(configs)}"
+    stored_plan = study.user_attrs.get(plan_key)
+    plan, note = settle_plan(stored_plan, seeds=request.seeds, sequential=sequential)
+    if note:
+        print(note, file=sys.stderr)
+    if stored_plan is None:
+        study.set_user_attr(plan_key, plan.to_json())
+    seeds, sequential = plan.max_seeds, plan.sequential
     if seeds < MIN_PAIRS:
         print(
             f"warning: {seeds} paired seeds can never show a difference beyond seed-to-seed "
@@ -303,14 +319,6 @@ def validate_study(request: ValidateRequest, study: optuna.Study | None = None) 
             f"use {MIN_PAIRS} or more, {ADVISED_PAIRS} advised",
             file=sys.stderr,
         )
-    sequential = not request.fixed_seeds and len(looks(seeds)) > 1
-    if sequential and len(configs) > 2:
-        print(
-            f"note: seeds stop early only when one config is compared with the baseline; "
-            f"with {len(configs) - 1} configs all {seeds} seeds are run",
-            file=sys.stderr,
-        )
-        sequential = False
     per_config = validate(
         study,
         configs,
@@ -327,6 +335,10 @@ def validate_study(request: ValidateRequest, study: optuna.Study | None = None) 
         max_seeds=seeds if sequential else None,
         pairing_keys=trainable.pairing_keys(),
     )
+    for cmp in rep["comparisons"].values():
+        if seq := cmp.get("sequential"):  # the look that decided, with the plan it followed
+            look_json = {k: seq[k] for k in ("p_value", "boundary", "stopped_early")}
+            study.set_user_attr(plan_key, {**plan.to_json(), "look": {"n": cmp["n"], **look_json}})
     out = write_report(study, rep, per_config)
     print(f"report in {out}; attached to study {study.study_name!r}", file=sys.stderr)
     where = tracker.close_study(study)

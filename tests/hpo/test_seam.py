@@ -246,7 +246,7 @@ def test_a_user_function_tuned_pruned_and_resumed_in_process(tmp_path, monkeypat
     assert len(study.get_trials()) == 12
 
 
-def test_a_maximized_metric_through_analyze_validate_and_replay(tmp_path, monkeypatch):
+def test_a_maximized_metric_through_analyze_validate_and_replay(tmp_path, monkeypatch, capsys):
     study = tune_fake(
         tmp_path,
         monkeypatch,
@@ -262,6 +262,12 @@ def test_a_maximized_metric_through_analyze_validate_and_replay(tmp_path, monkey
     c = report["comparisons"][label]
     assert c["mean_diff"] > 0  # the winner's accuracy is higher
     assert c["verdict"].startswith("better than the baseline beyond seed-to-seed noise")
+    # asked again with more seeds: the comparison's plan is the first run's, so the stored
+    # results are read under it, nothing is trained, and the verdict cannot be re-rolled
+    capsys.readouterr()
+    again = validate_study(ValidateRequest(seeds=10, progress=False), study=study)
+    assert "planned at its first run with up to 6 seeds" in capsys.readouterr().err
+    assert again["seeds"] == 6 and again["comparisons"][label] == c
     replayed = replay_trial(study, study.best_trial.number)
     assert replayed.matches and replayed.tolerance == 0
 

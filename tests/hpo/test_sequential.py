@@ -4,9 +4,11 @@ Simulated paired differences, no training: what hpo.validate would decide at eac
 """
 
 import numpy as np
+import optuna
 import pytest
 
-from hpo.validation.sequential import look, looks, spent
+from hpo.validation.report import report
+from hpo.validation.sequential import Plan, look, looks, settle_plan, spent
 from hpo.validation.stats import ALPHA, compare_paired
 
 REPS = 3000
@@ -99,3 +101,68 @@ def test_a_single_look_is_the_fixed_test():
 def test_a_seed_count_between_looks_is_refused():
     with pytest.raises(ValueError, match="not a look"):
         look([0.01] * 7, 10)
+
+
+@pytest.mark.slow  # 3000 simulated validations with up to 20 sampled-pattern looks: 2 min
+def test_asking_for_more_seeds_after_a_verdict_cannot_re_roll_it():
+    """ "Run 10 seeds, and if that is not significant rerun with --seeds 20": the rerun goes on
+    under the first run's plan, so the false-positive rate stays at 5%. Rebuilding the plan
+    from each run's --seeds (as hpo.validate did) reached 7.5% in 360 null runs."""
+    rng = np.random.default_rng(11)
+    kept = rerolled = 0
+    for _ in range(REPS):
+        d = null_differences("normal", 20, rng)
+        first, note = settle_plan(None, seeds=10, sequential=True)
+        assert note is None
+        stop, _ = sequential(d[: first.max_seeds], first.max_seeds)
+        if not stop:
+            again, note = settle_plan(first.to_json(), seeds=20, sequential=True)
+            assert again == first and "up to 10 seeds" in note
+            kept += sequential(d[: again.max_seeds], again.max_seeds)[0]
+            rerolled += sequential(d, 20)[0]  # a new plan on the results already seen
+        kept += stop
+        rerolled += stop
+    assert kept / REPS <= FPR_LIMIT
+    assert rerolled / REPS > FPR_LIMIT  # the re-roll this rule stops
+
+
+def test_a_plan_is_followed_as_asked_the_first_time():
+    assert settle_plan(None, seeds=20, sequential=False) == (Plan(20, False), None)
+    same = settle_plan({"max_seeds": 20, "sequential": False}, seeds=20, sequential=False)
+    assert same == (Plan(20, False), None)
+
+
+def test_beyond_13_seeds_one_p_per_look_in_the_stop_the_verdict_and_the_report():
+    """Beyond 2^13 sign patterns the patterns are sampled: once, for the whole plan, so a
+    look's p and boundary are the same numbers wherever they are read."""
+    rng = np.random.default_rng(5)
+    d = rng.normal(-0.012, 0.02, 20)
+    at = look(d[:14], 20)
+    # the boundary of look 10 is the same when the test stands at 14 seeds or at 18
+    earlier = [look(d[:n], 20) for n in (10, 14, 18)]
+    assert look(d[:14], 20) == at and earlier[1] == at
+    study = optuna.create_study()
+    study.set_user_attr("hpo.spec", {"objective": {"metric": "val/loss"}})
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    base = [{"test/loss": 2.0, "val/loss": 2.0}] * 14
+    rows = [{"test/loss": 2.0 + x, "val/loss": 2.0} for x in d[:14]]
+    c = report(study, {"trial_0": rows, "baseline": base}, max_seeds=20)["comparisons"]["trial_0"]
+    assert c["p_value"] == c["p_adjusted"] == c["sequential"]["p_value"] == at.p_value
+    assert c["sequential"]["boundary"] == at.boundary
+    beyond = c["verdict"].startswith("better than the baseline beyond")
+    excludes_zero = c["ci_high"] < 0
+    assert beyond == (at.stop and excludes_zero)
+
+
+def test_an_early_stop_reports_the_interval_that_matches_its_boundary():
+    study = optuna.create_study()
+    study.set_user_attr("hpo.spec", {"objective": {"metric": "val/loss"}})
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    d = [-0.05, -0.04, -0.06, -0.05, -0.045, -0.055]  # clear: stops at the first look
+    base = [{"test/loss": 2.0, "val/loss": 2.0}] * 6
+    rows = [{"test/loss": 2.0 + x, "val/loss": 2.0} for x in d]
+    c = report(study, {"trial_0": rows, "baseline": base}, max_seeds=10)["comparisons"]["trial_0"]
+    seq = c["sequential"]
+    assert seq["stopped_early"]
+    # the repeated-confidence interval, at the look's stricter level, is the wider one
+    assert seq["rci_low"] < c["ci_low"] < c["mean_diff"] < c["ci_high"] < seq["rci_high"]
