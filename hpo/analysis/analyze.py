@@ -26,6 +26,7 @@ from hpo.analysis.importance import (
     EVALUATORS,
     METHOD,
     MIN_TRIALS,
+    N_RESAMPLES,
     condition_summary,
     importance_intervals,
     unscored,
@@ -43,7 +44,7 @@ def analyze(
     study: optuna.Study,
     *,
     evaluator: str = "fanova",
-    resamples: int = 20,
+    resamples: int = N_RESAMPLES,
     out: Path | None = None,
     values: str = "rung",
 ) -> dict:
@@ -61,6 +62,14 @@ def analyze(
         trials, minimize=minimize, final_only=values == "final"
     )
     importance, notes = _importance(compared, study.direction, evaluator, resamples)
+    dropped = diagnostics.pruned_before(trials, compared.step)
+    if dropped:
+        where = f"before step {compared.step}" if compared.step is not None else "(final values)"
+        notes.append(
+            f"{dropped} pruned trials are left out {where} of importance, sensitivity and range "
+            "advice: chosen by their outcome, the trials compared understate what pruning "
+            "selected on (the learning rate, most often)"
+        )
     if not complete:
         notes.insert(0, "no trial has completed yet: there is no best trial to report")
     top = diagnostics.top_trials(trials, minimize=minimize)
@@ -233,15 +242,29 @@ def _importance_lines(result: dict, importance: pd.DataFrame) -> list[str]:
             "",
             f"### Scored on: {scope} ({rows['n_trials'].iloc[0]} trials)",
             "",
-            "| rank | parameter | importance | interval |",
-            "| --- | --- | --- | --- |",
+            "| rank | parameter | importance | interval | rank interval | above the next |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for name, row in rows.iterrows():
             mark = " *" if row["unstable"] else ""
+            above = "" if pd.isna(row["outranks_next"]) else f"{row['outranks_next']:.0%}"
             lines.append(
                 f"| {row['rank']}{mark} | {name} | {row['importance']:.3f} "
-                f"| [{row['low']:.3f}, {row['high']:.3f}] |"
+                f"| [{row['low']:.3f}, {row['high']:.3f}] "
+                f"| {row['rank_low']}-{row['rank_high']} | {above} |"
             )
+        failed, total = int(rows["failed"].iloc[0]), int(rows["resamples"].iloc[0])
+        if failed:
+            lines += [
+                "",
+                f"{failed} of {total} resamples failed (a parameter took one value "
+                "in them) and are left out of these intervals.",
+            ]
+    lines += [
+        "",
+        "\\* the order against a neighbour is not settled: fewer than 90% of the resamples "
+        "put this parameter above the next one down (or the one above above it).",
+    ]
     return lines
 
 
@@ -283,7 +306,7 @@ class AnalyzeRequest:
     study_name: str | None = None
     storage: str | None = None
     evaluator: str = "fanova"
-    resamples: int = 20
+    resamples: int = N_RESAMPLES
     values: str = "rung"
     out: str | None = None  # None: runs/<study>/report
     upload: bool = True

@@ -82,6 +82,15 @@ def comparable_values(
     return TrialValues(view, step, len(view) - n_pruned, n_pruned)
 
 
+def pruned_before(trials: Sequence[FrozenTrial], step: int | None) -> int:
+    """How many pruned trials stopped before `step` (the common rung; None: every pruned
+    trial, since then only completed trials are compared)."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if step is None:
+        return len(pruned)
+    return sum(t.last_step is None or t.last_step < step for t in pruned)
+
+
 def common_rung(trials: Sequence[FrozenTrial]) -> int | None:
     """The highest step that enough trials reached (completed trials count as reaching every
     step), among those pruned trials reported. None when the completed trials are enough on

@@ -2,8 +2,10 @@
 
 One importance number hides how much it would move with another evaluator seed or a few more
 trials. Here the evaluator runs on bootstrap resamples, each with its own seed, and each
-parameter gets a percentile interval. Two parameters whose intervals overlap have no
-trustworthy order, and the ranking says so.
+parameter gets a percentile interval. Importances are shares that add up to 1, so two
+overlapping intervals say little about order; the order is judged on the resamples themselves:
+how often a parameter outranks the next one down, and the interval of its rank. Resamples on
+which the evaluator fails are counted and reported, never dropped silently.
 
 Conditional parameters (Adam's betas only under Adam, the decay floor only for a decaying
 schedule) need care. Optuna's evaluators score only the parameters present in every trial they
@@ -19,6 +21,7 @@ compares the conditions themselves instead.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ from optuna.trial import FrozenTrial
 
 EVALUATORS = ("fanova", "ped-anova")
 MIN_TRIALS = 8  # on fewer trials an evaluator's importances say nothing
+# a 90% percentile interval reads its 5% tails: 100 resamples leave 5 replicates in each
+N_RESAMPLES = 100
 METHOD = (
     "importance is scored within conditions (trials that have exactly the same parameters): "
     "for each parameter, the largest condition in which it varies, resampling that condition's "
@@ -109,7 +114,7 @@ def importance_intervals(
     *,
     direction: optuna.study.StudyDirection,
     evaluator: str = "fanova",
-    n_resamples: int = 20,
+    n_resamples: int = N_RESAMPLES,
     level: float = 0.9,
     seed: int = 0,
     min_trials: int = MIN_TRIALS,
@@ -121,7 +126,10 @@ def importance_intervals(
     parameter that varies there, so a parameter may have a row in more than one; its first row
     is its largest condition. Importances add up to 1 within a condition and compare only there:
     rows come grouped by condition (the largest first), sorted by mean within it, with the
-    `rank` there and `unstable` where an interval overlaps a neighbour's there.
+    `rank` there, its `rank_low`/`rank_high` interval over the resamples, `outranks_next` (the
+    share of resamples in which it is above the next row down) and `unstable` where that share,
+    its own or the row above's, is below `level`; `resamples` and `failed` count the
+    replicates.
 
     `trials` are completed ones (or copies carrying a value at a common rung). Parameters
     whose largest condition has fewer than `min_trials` trials are left out (see `unscored`).
@@ -135,26 +143,34 @@ def importance_intervals(
         )
     blocks = []
     for k, scope in enumerate(jobs.values()):
-        table = _resampled(scope, direction, evaluator, n_resamples, seed=seed + 1000 * k)
+        table, failed = _resampled(scope, direction, evaluator, n_resamples, seed=seed + 1000 * k)
         if table is not None:
-            blocks.append(_ranked(table, scope, level))
+            blocks.append(_ranked(table, scope, level, failed=failed))
     if not blocks:
         raise ValueError(f"{evaluator} failed on every resample of every condition")
     return pd.concat(blocks)
 
 
-def _ranked(table: pd.DataFrame, scope: Condition, level: float) -> pd.DataFrame:
+def _ranked(table: pd.DataFrame, scope: Condition, level: float, *, failed: int) -> pd.DataFrame:
     """One scope's rows from its replicates (one row each, one column per parameter)."""
     alpha = (1 - level) / 2
+    ranks = table.rank(axis=1, ascending=False, method="average")  # 1: the most important
     out = pd.DataFrame(
         {
             "importance": table.mean(),
             "low": table.quantile(alpha),
             "high": table.quantile(1 - alpha),
+            "rank_low": ranks.quantile(alpha).round().astype(int),
+            "rank_high": ranks.quantile(1 - alpha).round().astype(int),
         }
     ).sort_values("importance", ascending=False)
     out["rank"] = range(1, len(out) + 1)
-    out["unstable"] = _overlaps(out["low"].to_numpy(), out["high"].to_numpy())
+    names = list(out.index)
+    above = [float((table[a] > table[b]).mean()) for a, b in itertools.pairwise(names)]
+    out["outranks_next"] = [*above, np.nan]
+    out["unstable"] = _unsettled(np.array(above), level)
+    out["resamples"] = len(table) + failed
+    out["failed"] = failed
     out["scope"] = scope.label
     out["n_trials"] = len(scope.trials)
     out.index.name = "param"
@@ -163,12 +179,13 @@ def _ranked(table: pd.DataFrame, scope: Condition, level: float) -> pd.DataFrame
 
 def _resampled(
     scope: Condition, direction, evaluator: str, n_resamples: int, *, seed: int
-) -> pd.DataFrame | None:
+) -> tuple[pd.DataFrame | None, int]:
     """One row of importances per replicate: the condition's trials as they are, then
-    bootstrap resamples of them. Every replicate scores the same parameters."""
+    bootstrap resamples of them. Every replicate scores the same parameters. Also the number
+    of replicates the evaluator failed on (a resample in which a parameter took one value)."""
     rng = np.random.default_rng(seed)
     trials, params = list(scope.trials), scope.varied()
-    samples = []
+    samples, failed = [], 0
     for i in range(n_resamples):
         picked = (
             trials if i == 0 else [trials[j] for j in rng.integers(0, len(trials), len(trials))]
@@ -182,15 +199,16 @@ def _resampled(
                 )
             )
         except (RuntimeError, ValueError):  # a resample with a single distinct value, say
-            continue
-    return pd.DataFrame(samples) if samples else None
+            failed += 1
+    return (pd.DataFrame(samples) if samples else None), failed
 
 
-def _overlaps(lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
-    """Rows (sorted by importance) whose interval overlaps a neighbour's."""
-    unstable = np.zeros(len(lows), dtype=bool)
-    for i in range(len(lows) - 1):
-        if lows[i] <= highs[i + 1]:  # the next one down could be above this one
+def _unsettled(outranks_next: np.ndarray, level: float) -> np.ndarray:
+    """Rows (sorted by importance) whose order against a neighbour the resamples do not
+    settle: fewer than `level` of them put the row above the next one down."""
+    unstable = np.zeros(len(outranks_next) + 1, dtype=bool)
+    for i, share in enumerate(outranks_next):
+        if share < level:
             unstable[i] = unstable[i + 1] = True
     return unstable
 

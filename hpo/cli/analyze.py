@@ -16,7 +16,7 @@ import sys
 import time
 
 from hpo.analysis.analyze import VALUES, AnalyzeRequest, analyze_study
-from hpo.analysis.importance import EVALUATORS
+from hpo.analysis.importance import EVALUATORS, N_RESAMPLES
 from hpo.cli.command import run_cli
 from hpo.cli.flags import add_storage_flag, add_study_flags
 
@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_flag(p)
     p.add_argument("--evaluator", choices=EVALUATORS, default="fanova")
     p.add_argument(
-        "--resamples", type=int, default=20, help="bootstrap resamples for importance intervals"
+        "--resamples",
+        type=int,
+        default=N_RESAMPLES,
+        help=f"bootstrap resamples for importance intervals (default: {N_RESAMPLES})",
     )
     p.add_argument(
         "--values",

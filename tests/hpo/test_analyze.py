@@ -200,9 +200,15 @@ def test_the_summary_says_what_was_compared_and_how(tmp_path):
     assert "| 1 | optim.one_minus_beta1 | " in summary
     assert "## Conditions (trials with the same parameters)" in summary
     assert "optim.name not scored: constant within every condition" in summary
+    # the trials pruned before the common rung are not compared: the report says so and why
+    before = sum(t.state == TrialState.PRUNED and t.last_step < 20 for t in study.get_trials())
+    assert before > 0
+    assert f"{before} pruned trials are left out before step 20 of importance" in summary
+    assert "understate what pruning selected on" in summary
     final = analyze(study, resamples=5, values="final")
     assert final["compared"]["step"] is None
     assert final["compared"]["trials"] == result["trials"]["complete"]
+    assert any("pruned trials are left out (final values)" in n for n in final["notes"])
 
 
 def test_no_completed_trial_yet_still_writes_the_summary(tmp_path):
