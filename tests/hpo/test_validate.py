@@ -78,14 +78,23 @@ def test_cli_reports_stores_each_seed_and_resumes_without_retraining(tmp_path, s
         for k, v in optuna.load_study(
             study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db"
         ).user_attrs.items()
-        if k.startswith(ATTR) and k != f"{ATTR}.report"
+        if k.startswith(ATTR) and k != f"{ATTR}.report" and ".plan." not in k
     }
     assert len(stored) == 4  # 2 configs x 2 seeds
+    # asked again with more seeds, the comparison keeps the plan of its first run
+    again = validate_cli(tmp_path, "--study", "smoke", "--seeds", "3")
+    assert again.returncode == 0 and "planned at its first run with up to 2 seeds" in again.stderr
+    smoke = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db")
+    assert {k: v for k, v in smoke.user_attrs.items() if k in stored} == stored
+    # what a run of --seeds 3 killed after two seeds leaves: its plan, two seeds of each config
+    (plan_key,) = [k for k in smoke.user_attrs if k.startswith(f"{ATTR}.plan.")]
+    smoke.set_user_attr(plan_key, {"max_seeds": 3, "sequential": False})
     again = validate_cli(tmp_path, "--study", "smoke", "--seeds", "3", "--workers", "2")
     assert again.returncode == 0, again.stderr
     after = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/hpo.db").user_attrs
     assert all(after[k] == v for k, v in stored.items())  # finished seeds were not trained again
-    assert len([k for k in after if k.startswith(ATTR) and k != f"{ATTR}.report"]) == 6
+    seeds = [k for k in after if k.startswith(ATTR) and k != f"{ATTR}.report" and ".plan." not in k]
+    assert len(seeds) == 6
     rep = json.loads((tmp_path / "runs" / "smoke" / "validate" / "validation.json").read_text())
     assert rep["seeds"] == 3 and set(rep["configs"]) == {
         f"trial_{study.best_trial.number}",
