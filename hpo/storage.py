@@ -239,9 +239,8 @@ def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
 
 
 def trial_id_by_number(study: optuna.Study, number: int) -> int:
-    storage = storage_of(study)
-    study_id = storage.get_study_id_from_name(study.study_name)
-    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    # the study's id as the study holds it: get_study_id_from_name would query it again
+    return storage_of(study).get_trial_id_from_study_id_trial_number(study._study_id, number)
 
 
 def update_record(study: optuna.Study, number: int, **changes: Any) -> records.TrialRecord:

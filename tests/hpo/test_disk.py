@@ -20,12 +20,12 @@ from hpo.errors import StudyFailedError
 from hpo.record import TrialRecord
 from hpo.session import RunRequest, load_request, open_study, run_study
 from tests.helpers import (
-    command,
     counted,
     here,
     run_hpo,
     sets,
     sqlite_url,
+    start,
     trials_at,
     trials_so_far,
     wait_for,
@@ -106,14 +106,7 @@ def test_a_disk_filled_mid_study_is_one_line_and_the_rerun_reaches_the_target(
 ):
     env = {**os.environ, "HPO_RUNS_DIR": str(small_disk / "runs")}
     args = ["--study", "smoke", "--trials", "3", "--pruner", "none", *sets("train.max_steps=400")]
-    proc = subprocess.Popen(
-        command("hpo.run", "--storage", sqlite_url(tmp_path), *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = start("hpo.run", "--storage", sqlite_url(tmp_path), *args, env=env)
     ballast = small_disk / "ballast"
     try:
         wait_for(

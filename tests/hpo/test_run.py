@@ -22,6 +22,7 @@ from tests.helpers import (
     run_hpo,
     sets,
     sqlite_url,
+    start,
     trials_at,
     trials_so_far,
     wait_for,
@@ -256,13 +257,8 @@ def test_a_killed_worker_process_is_said_once_and_the_others_reach_the_target(tm
         "HPO_GRACE_S": "4",
     }
     args = ["--study", "smoke", "--trials", "4", "--workers", "2", "--pruner", "none"]
-    proc = subprocess.Popen(
-        command("hpo.run", "--storage", sqlite_url(tmp_path), *args, *sets("train.max_steps=200")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+    proc = start(
+        "hpo.run", "--storage", sqlite_url(tmp_path), *args, *sets("train.max_steps=200"), env=env
     )
     try:
         wait_for(
@@ -304,14 +300,7 @@ def test_an_interrupted_trial_goes_on_from_its_last_checkpoint(tmp_path, cache_d
     continued from the step of its last checkpoint, as a crashed trial's retry is."""
     args = ["--study", "smoke", "--trials", "1", "--pruner", "none", *sets("train.max_steps=400")]
     env = {**os.environ, "HPO_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.Popen(
-        command("hpo.run", "--storage", sqlite_url(tmp_path), *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = start("hpo.run", "--storage", sqlite_url(tmp_path), *args, env=env)
     try:
         wait_for(
             lambda: any(len(t.intermediate_values) >= 5 for t in trials_so_far(tmp_path)),
