@@ -36,6 +36,9 @@ The package's own file map (folders name the architecture):
                     replay.py (a trial trained again from its manifest)
     raytune/        the Ray Tune backend (its own file map)
     tracking/       W&B, MLflow, or nothing (its own file map)
+    integrations/   the frameworks on the seam: huggingface.py (a transformers.Trainer),
+                    lightning.py (a LightningModule), script.py (any command line); each
+                    imported only by the code that uses it (optional extras)
 """
 
 from __future__ import annotations

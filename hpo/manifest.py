@@ -90,6 +90,8 @@ def trial_manifest(
         "data": data,
         "tokenizer": data.get("tokenizer"),
         "seeds": seeds,
+        # what a framework adapter's framework received (hpo.integrations): the record's proof
+        "framework": facts.get("framework"),
         "steps": steps,
         "stop_reason": stop_reason,
         "config": config,

@@ -175,6 +175,7 @@ class Objective:
             checkpoint_dir=ckpt,
             sink=sink,
             trial=trial.number,
+            log_dir=self.checkpoint_root.parent / "logs" / f"trial_{trial.number}",
         )
         try:
             with gpu_share(self.gpu, alone=record.alone):

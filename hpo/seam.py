@@ -199,12 +199,16 @@ class Run:
         sink: Sink | None = None,
         scores_test: bool = False,
         trial: int | None = None,
+        log_dir: str | Path | None = None,
     ) -> None:
         self._config = Config(config)
         self.metric, self.minimize = metric, minimize
         #: this trial's own folder: run.save writes there, and a function with checkpoints of
         #: its own (a Trainer's) may keep them there; hpo keeps it for retries and the best trial
         self.checkpoint_dir = Path(checkpoint_dir)
+        #: where a function keeps its logs (a script's stdout and stderr): kept with the study
+        #: when the checkpoints of losing trials are cleaned away
+        self.log_dir = Path(log_dir) if log_dir is not None else self.checkpoint_dir
         #: True when hpo.validate runs the function: score the test split (report_test)
         self.scores_test = scores_test
         #: the trial's number in its study (None outside a study)

@@ -20,5 +20,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip install "torch==${TORCH_CPU_VERSION}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   fi
 fi
-pip install -e ".[dev]"
+pip install -e ".[dev,finetune,lightning]"  # the adapters' tests need their frameworks
 echo "setup: ready (.venv/bin/python -c 'import torch; print(torch.__version__)' -> $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -77,6 +77,11 @@ def params_for(
     answers = _Answers(values)
     overrides = compose(answers, spaces)
     for key, value in overrides.items():
+        if key not in values:
+            raise ValueError(
+                f"the search space sets {key!r}, which the trainer settings do not define; "
+                "add it there with its fixed value"
+            )
         if not _same(value, values[key]):
             raise ValueError(f"{key}={values[key]!r} is not a value this search space can set")
     return answers.params
