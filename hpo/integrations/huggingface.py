@@ -25,12 +25,12 @@ last checkpoint, records what the Trainer received, and scores the test split fo
 from __future__ import annotations
 
 import re
+import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from hpo.integrations import framework_name, metric_names, steps
 from hpo.seam import ContractError, InvalidConfig, Run, StopTrial
@@ -54,6 +54,7 @@ RECEIVED = (
     "weight_decay",
     "adam_beta1",
     "adam_beta2",
+    "adam_epsilon",
     "max_grad_norm",
     "per_device_train_batch_size",
     "optim",
@@ -103,7 +104,10 @@ def training_arguments(run: Run, **overrides: Any) -> TrainingArguments:
         **kwargs,
         **overrides,
     }
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as e:  # a sampled combination the Trainer refuses (its own checks)
+        raise InvalidConfig(f"the Trainer refused the config: {e}") from None
 
 
 class ReportCallback(TrainerCallback):
@@ -147,11 +151,8 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
     callback = ReportCallback(run)
     trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # its print of every log: hpo shows the progress
-    last = get_last_checkpoint(str(output)) if output.is_dir() else None
-    try:
-        trainer.train(resume_from_checkpoint=last)
-    except ValueError as e:  # a sampled config the Trainer refuses (its own checks)
-        raise InvalidConfig(f"the Trainer refused the config: {e}") from None
+    last = last_complete_checkpoint(output)
+    trainer.train(resume_from_checkpoint=last)
     # the reports of the run a retry continues are in the checkpoint's trainer state
     resumed = int(re.sub(r"\D", "", Path(last).name)) if last else 0
     run.restored(resumed, history(trainer.state.log_history))
@@ -159,6 +160,22 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
         callback.training = False
         metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
         run.report_test(metric_names(metrics, default_split="test"))
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-<step> the Trainer finished writing (its trainer_state.json is
+    written last); one a kill cut short is removed, so that the Trainer neither fails on it
+    nor silently starts over from step 0 with its weights."""
+    steps = sorted(
+        (int(p.name.rpartition("-")[2]), p)
+        for p in (folder.glob("checkpoint-*") if folder.is_dir() else [])
+        if p.name.rpartition("-")[2].isdigit()
+    )
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -181,11 +198,18 @@ def received(args: TrainingArguments, model: Any = None) -> dict[str, Any]:
     peft = getattr(model, "peft_config", None)
     if peft:
         adapter = next(iter(peft.values()))
+        targets = adapter.target_modules
         out["peft"] = {
-            "r": adapter.r,
-            "lora_alpha": adapter.lora_alpha,
-            "lora_dropout": adapter.lora_dropout,
-            "target_modules": sorted(adapter.target_modules or ()),
+            "type": str(getattr(adapter, "peft_type", "")),
+            **{
+                k: getattr(adapter, k)
+                for k in ("r", "lora_alpha", "lora_dropout")
+                if hasattr(adapter, k)
+            },
+            # a list of names, or one string (a regex, "all-linear") kept as it is
+            "target_modules": targets
+            if isinstance(targets, str) or targets is None
+            else sorted(targets),
         }
     return out
 

@@ -33,6 +33,30 @@ from hpo.trainable import EVAL_INTERVAL_KEY, MAX_STEPS_KEY
 LAST = "last.ckpt"  # Lightning's own name for the latest checkpoint (save_last=True)
 
 
+class TrialCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose state a retry reloads (the best so far, the last
+    path): kept under a key that does not name the monitor (which is known only at the first
+    validation), with its paths moved to the trial's folder (a retry takes the crashed trial's
+    folder over under its own name)."""
+
+    @property
+    def state_key(self) -> str:
+        return "hpo.checkpoint"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = str(state_dict.get("dirpath") or self.dirpath)
+
+        def moved(path: Any) -> Any:
+            return path.replace(old, str(self.dirpath), 1) if isinstance(path, str) else path
+
+        state = {**state_dict, "dirpath": self.dirpath}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = moved(state.get(key))
+        state["best_k_models"] = {moved(k): v for k, v in state.get("best_k_models", {}).items()}
+        self.monitor = self.monitor or state_dict.get("monitor")
+        super().load_state_dict(state)
+
+
 class ReportCallback(Callback):
     """Each validation's metrics to the run at the global step; a pruned trial sets
     `trainer.should_stop` on every rank. Its reports are saved in Lightning's checkpoints (the
@@ -59,6 +83,8 @@ class ReportCallback(Callback):
         """What Lightning trains with: its budget and its optimizers' settings (the record's
         proof that the sampled values reached them)."""
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        # a schedule's warmup has already scaled "lr": "initial_lr" is what it was given
+        groups = [{**g, "lr": g.get("initial_lr", g["lr"])} for g in groups]
         keep = ("lr", "weight_decay", "betas", "momentum")
         self.run.note(
             framework={
@@ -78,14 +104,19 @@ class ReportCallback(Callback):
         step, stop = trainer.global_step, False
         metrics = metric_names(trainer.callback_metrics, default_split="val")
         self._monitor(trainer)
+        error: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 self.run.report(step, metrics)
             except StopTrial:
                 stop = True
+            except BaseException as e:  # diverged, a broken contract: the others must stop too
+                stop, error = True, e
             self.history.append({"step": step, **metrics})
         # every rank stops at the same step: a rank that went on would wait for the others
         trainer.should_stop = trainer.should_stop or trainer.strategy.broadcast(stop, src=0)
+        if error is not None:
+            raise error
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict) -> None:
         self.saved_step = trainer.global_step  # written once this hook returns
@@ -145,13 +176,14 @@ def fit(
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     pl.seed_everything(run.seed("init"), workers=True, verbose=False)
     model = model_init()
-    checkpoint = ModelCheckpoint(
+    checkpoint = TrialCheckpoint(
         dirpath=run.checkpoint_dir,
         filename="best-{step}",
         mode="min" if run.minimize else "max",
         save_last=True,  # last.ckpt: what a retry resumes from
         save_top_k=1,
         save_on_train_epoch_end=False,  # at each validation, the step the report was made
+        enable_version_counter=False,  # a retry writes last.ckpt again, not last-v1.ckpt
     )
     reporter = ReportCallback(run, checkpoint)
     trainer = pl.Trainer(

@@ -54,7 +54,7 @@ from hpo.trainable import Trainable
 COMMAND, GRACE, CWD = "script.command", "script.grace_s", "script.cwd"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 REPORTS = "hpo_reports.jsonl"  # in the checkpoint folder: what a retry's history comes from
-LINE = re.compile(r"^hpo\.(report|save|test)\s+(.*)$")
+LINE = re.compile(r"^hpo\.(report|save|test)(?:\s+(.*))?$")
 
 
 class ScriptFailed(Exception):
@@ -118,6 +118,7 @@ def _run_script(config: dict[str, Any], run: Run) -> None:
         open(run.log_dir / "stdout.log", "a") as out_log,
         open(run.log_dir / "stderr.log", "a+") as err_log,
     ):
+        started = err_log.tell()  # this run's stderr begins here (a retry's log goes on)
         try:
             proc = subprocess.Popen(
                 args,
@@ -146,7 +147,7 @@ def _run_script(config: dict[str, Any], run: Run) -> None:
                 run.restored(journal.resumed_from, journal.earlier)
         code = proc.wait()
         if code != 0:
-            err_log.seek(0)
+            err_log.seek(started)
             tail = [line.strip() for line in deque(err_log, maxlen=3) if line.strip()]
             raise ScriptFailed(
                 f"the script exited with code {code}: {' | '.join(tail) or '(no stderr)'}"
@@ -185,14 +186,28 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        rows = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            with contextlib.suppress(ValueError):  # a line a kill cut short
+                rows.append(json.loads(line))
         saves = [row["step"] for row in rows if row["kind"] == "save"]
         self.resumed_from = saves[-1] if saves else 0
-        self.earlier = [
-            row["report"]
+        # the reports up to that save, the last of each step (an earlier retry may have
+        # reported a step again after it): what this run continues
+        earlier = {
+            row["step"]: row["report"]
             for row in rows
-            if row["kind"] == "report" and row["report"]["step"] <= self.resumed_from
-        ]
+            if row["kind"] == "report" and row["step"] <= self.resumed_from
+        }
+        self.earlier = [earlier[step] for step in sorted(earlier)]
+        # the journal starts again from there: what came after the save is undone by the retry
+        with open(path, "w") as f:
+            for report in self.earlier:
+                f.write(json.dumps({"kind": "report", "step": report["step"], "report": report}))
+                f.write("\n")
+            if self.resumed_from:
+                f.write(json.dumps({"kind": "save", "step": self.resumed_from, "report": None}))
+                f.write("\n")
 
     def write(self, kind: str, step: int, report: dict[str, float] | None = None) -> None:
         with open(self.path, "a") as f:
@@ -204,7 +219,7 @@ def _read(line: str, run: Run, journal: Journal) -> None:
     if match is None:
         return
     kind, fields = match.groups()
-    values = _fields(fields, line)
+    values = _fields(fields or "", line)
     if kind == "test":
         run.report_test(values)
         return

@@ -80,3 +80,31 @@ def test_printed_lines_report_save_and_score_and_bad_ones_are_refused(tmp_path):
     again = Journal(tmp_path / "journal.jsonl")
     assert again.resumed_from == 10
     assert again.earlier == [{"step": 10, "val/acc": 0.5, "val/loss": 1.2}]
+
+
+def test_a_journal_retried_twice_keeps_one_report_per_step(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    first = Journal(path)
+    first.write("report", 10, {"step": 10, "val/acc": 0.5})
+    first.write("save", 10)
+    first.write("report", 20, {"step": 20, "val/acc": 0.9})  # lost with the crash after it
+    second = Journal(path)  # resumes at 10: the report at 20 is undone
+    assert second.resumed_from == 10 and second.earlier == [{"step": 10, "val/acc": 0.5}]
+    second.write("report", 20, {"step": 20, "val/acc": 0.6})
+    second.write("save", 20)
+    path.write_text(path.read_text() + '{"kind": "rep')  # a line a kill cut short
+    third = Journal(path)
+    assert third.resumed_from == 20
+    assert third.earlier == [{"step": 10, "val/acc": 0.5}, {"step": 20, "val/acc": 0.6}]
+
+
+def test_a_checkpoint_a_kill_cut_short_is_not_resumed_from(tmp_path):
+    from hpo.integrations.huggingface import last_complete_checkpoint
+
+    for step in (10, 20, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text("{}")  # 30: weights only
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+    assert not (tmp_path / "checkpoint-30").exists()
+    assert last_complete_checkpoint(tmp_path / "none") is None
