@@ -17,8 +17,13 @@ from tests.helpers import run_hpo, sets, sqlite_url
 TINY = sets(
     "train.max_steps=20", "train.eval_interval=10", "train.eval_batches=1", "data.max_chars=200000"
 )
-# the own-model example has only the settings its function reads
-TINY_OF = {"digits": sets("train.max_steps=20", "train.eval_interval=10")}
+# the own-model examples have only the settings their functions read
+TINY_OF = {
+    "digits": sets("train.max_steps=20", "train.eval_interval=10"),
+    "digits_lightning": sets("train.max_steps=20", "train.eval_interval=10"),
+    "digits_script": sets("train.max_steps=20", "train.eval_interval=10"),
+    "kaomoji_lora": sets("model.layers=1", "train.max_steps=10", "train.eval_interval=5"),
+}
 
 
 def manifest_agrees_with_params(t: optuna.trial.FrozenTrial, spec, sets) -> None:

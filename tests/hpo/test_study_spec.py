@@ -97,7 +97,7 @@ def test_bad_specs_are_refused_with_one_clear_line(tmp_path, text, message):
 def test_unknown_study_lists_the_shipped_ones():
     with pytest.raises(
         UsageError,
-        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, digits, full_sweep, lr_sweep, pbt, smoke",
+        match="unknown study 'lr_sweeep'; shipped studies: arch_sweep, digits, digits_lightning, digits_script, full_sweep, kaomoji_lora, lr_sweep, pbt, smoke",
     ):
         load_study_spec("lr_sweeep")
 
