@@ -198,7 +198,8 @@ def main() -> None:
         "seeds": done,
         "hf_mean": sum(mean["hf"]) / len(done),
         "hpo_mean": sum(mean["hpo"]) / len(done),
-        "hpo_minus_hf": compare_paired(mean["hpo"], mean["hf"]),
+        # a paired interval needs two study seeds or more
+        "hpo_minus_hf": compare_paired(mean["hpo"], mean["hf"]) if len(done) > 1 else None,
     }
     args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results["summary"], indent=1))
