@@ -24,7 +24,6 @@ last checkpoint, records what the Trainer received, and scores the test split fo
 
 from __future__ import annotations
 
-import re
 import shutil
 from enum import Enum
 from pathlib import Path
@@ -154,8 +153,7 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
     last = last_complete_checkpoint(output)
     trainer.train(resume_from_checkpoint=last)
     # the reports of the run a retry continues are in the checkpoint's trainer state
-    resumed = int(re.sub(r"\D", "", Path(last).name)) if last else 0
-    run.restored(resumed, history(trainer.state.log_history))
+    run.restored(_step_of(Path(last)) if last else 0, history(trainer.state.log_history))
     if run.scores_test:
         callback.training = False
         metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
@@ -166,16 +164,18 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest checkpoint-<step> the Trainer finished writing (its trainer_state.json is
     written last); one a kill cut short is removed, so that the Trainer neither fails on it
     nor silently starts over from step 0 with its weights."""
-    steps = sorted(
-        (int(p.name.rpartition("-")[2]), p)
-        for p in (folder.glob("checkpoint-*") if folder.is_dir() else [])
-        if p.name.rpartition("-")[2].isdigit()
-    )
-    for _, path in reversed(steps):
+    found = folder.glob("checkpoint-*") if folder.is_dir() else []
+    for path in sorted((p for p in found if _step_of(p) is not None), key=_step_of, reverse=True):
         if (path / "trainer_state.json").is_file():
             return str(path)
         shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def _step_of(checkpoint: Path) -> int | None:
+    """The step of a Trainer's checkpoint-<step> folder (None for another name)."""
+    step = checkpoint.name.rpartition("-")[2]
+    return int(step) if step.isdigit() else None
 
 
 def history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

@@ -171,6 +171,8 @@ def fit(
             f"hpl.fit: {', '.join(sorted(owned & trainer_kwargs.keys()))} is set by hpo from "
             "train.max_steps and train.eval_interval; set those in the study instead"
         )
+    if run.scores_test and datamodule is None and test_dataloaders is None:  # before training
+        raise ContractError("hpl.fit: hpo.validate scores the test split: pass test_dataloaders=")
     # hpo shows the study's progress: not Lightning's notices (GPU available, tips) per trial
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -211,10 +213,6 @@ def fit(
     if resumed:  # the reports before it came back with the checkpoint (the callback's state)
         run.restored(reporter.resumed_from, reporter.history)
     if run.scores_test:
-        if datamodule is None and test_dataloaders is None:
-            raise ContractError(
-                "hpl.fit: hpo.validate scores the test split: pass test_dataloaders="
-            )
         data = {"datamodule": datamodule} if test_dataloaders is None else {}
         (scores,) = trainer.test(
             model, dataloaders=test_dataloaders, ckpt_path="best", verbose=False, **data

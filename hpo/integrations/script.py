@@ -77,8 +77,9 @@ class ScriptTrainable(Trainable):
         except ContractError as e:
             raise UsageError(str(e)) from None
         cwd = config.get(CWD) or os.getcwd()
+        # a name is looked up on PATH; a path (it has a folder in it) is taken from cwd
         program = args[0] if os.sep not in args[0] else str(Path(cwd, args[0]))
-        if shutil.which(program, path=None if os.sep not in args[0] else "") is None:
+        if shutil.which(program) is None:
             raise UsageError(
                 f"{COMMAND}: cannot run {args[0]!r}: no such program (on PATH, or from {cwd})"
             )
@@ -142,7 +143,7 @@ def _run_script(config: dict[str, Any], run: Run) -> None:
             stop(proc, grace)
             raise
         finally:
-            _close(proc)
+            proc.stdout.close()
             if journal.resumed_from:  # the reports before the save a retry resumed from
                 run.restored(journal.resumed_from, journal.earlier)
         code = proc.wait()
@@ -261,11 +262,6 @@ def stop(proc: subprocess.Popen, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def _close(proc: subprocess.Popen) -> None:
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 # loaded here, not in the child: a child of a threaded process must not load libraries
