@@ -72,10 +72,11 @@ from hpo.record import TrialRecord
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
 from hpo.study_spec import StudySpec, baseline_params, load_study_spec
-from hpo.trainable import BUILTIN_ENTRY, flatten, load_trainable
+from hpo.trainable import BUILTIN_ENTRY, load_trainable
 from hpo.validation.stats import compare_paired, median_interval
 from hpo.validation.validate import SEED_BASE, Job, run_job
 from trainers import DivergedError, StopTraining, TrainConfig, train
+from trainers.config import flatten
 from trainers.device import device_name
 
 warnings.filterwarnings("ignore", category=ExperimentalWarning)

@@ -14,7 +14,9 @@
 - Effect size: d_z, the paired standardized mean difference (mean difference over the standard
   deviation of the differences); not Cohen's d of two independent groups.
 - Interval of a median (the benchmarks' "compute to reach" fractions, where a study that never
-  reaches the target counts as infinite): two order statistics, exact for any continuous shape.
+  reaches the target counts as infinite): two order statistics, exact for any continuous shape,
+  when the target is fixed. When the target is itself an estimate (plain Optuna's median final
+  best), a seed-paired bootstrap of the whole statistic: both arms resampled by study seed.
 - Benjamini-Hochberg adjustment when several configs are compared with one baseline.
 - The verdict calls a difference "beyond seed-to-seed noise" only when the 95% interval excludes
   0 and the (adjusted) p is below 0.05 as well; in a sequential validation
@@ -25,7 +27,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,6 +80,29 @@ def median_interval(values: Sequence[float]) -> tuple[float, float]:
     # scipy says nan where no order statistic is far enough out: the interval is unbounded
     low, high = float(interval.low), float(interval.high)
     return (-math.inf if math.isnan(low) else low), (math.inf if math.isnan(high) else high)
+
+
+def paired_bootstrap_interval(
+    statistic: Callable[[list[np.ndarray]], np.ndarray],
+    sizes: Sequence[int],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of a statistic of paired units (study seeds, each with
+    every arm's result), grouped in strata (benchmark runs, each pooled seed measured against
+    its own run's target). Each stratum's units are drawn with replacement, one draw per unit
+    for all arms, so the pairing and the noise of every arm carry into the interval.
+    `statistic` gets one (n_resamples, size) array of unit indices per stratum and returns
+    n_resamples values. Percentile, not scipy's BCa: the statistic may be infinite (a target
+    never reached), and scipy's bootstrap has no strata. The ends are order statistics taken
+    outwards, so no interpolation meets an infinity."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, size, size=(n_resamples, size)) for size in sizes]
+    values = np.asarray(statistic(draws), dtype=float)
+    low = np.quantile(values, ALPHA / 2, method="lower")
+    high = np.quantile(values, 1 - ALPHA / 2, method="higher")
+    return float(low), float(high)
 
 
 def smallest_p(n: int) -> float:
