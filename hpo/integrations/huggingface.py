@@ -150,7 +150,7 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
     callback = ReportCallback(run)
     trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # its print of every log: hpo shows the progress
-    last = last_complete_checkpoint(output)
+    last = last_complete_checkpoint(output, before=trainer.args.max_steps)
     trainer.train(resume_from_checkpoint=last)
     # the reports of the run a retry continues are in the checkpoint's trainer state
     run.restored(_step_of(Path(last)) if last else 0, history(trainer.state.log_history))
@@ -160,15 +160,18 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
         run.report_test(metric_names(metrics, default_split="test"))
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
+def last_complete_checkpoint(folder: Path, *, before: int = 0) -> str | None:
     """The newest checkpoint-<step> the Trainer finished writing (its trainer_state.json is
     written last); one a kill cut short is removed, so that the Trainer neither fails on it
-    nor silently starts over from step 0 with its weights."""
+    nor silently starts over from step 0 with its weights. With `before` > 0, only a step below
+    it: a Trainer resumed at its max_steps trains one step more (and evaluates and saves it),
+    so a retry killed after the last checkpoint trains the last stretch again instead."""
     found = folder.glob("checkpoint-*") if folder.is_dir() else []
     for path in sorted((p for p in found if _step_of(p) is not None), key=_step_of, reverse=True):
-        if (path / "trainer_state.json").is_file():
+        if not (path / "trainer_state.json").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+        elif before <= 0 or _step_of(path) < before:
             return str(path)
-        shutil.rmtree(path, ignore_errors=True)
     return None
 
 

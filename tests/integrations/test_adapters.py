@@ -67,10 +67,12 @@ class PruneAt(Sink):
             raise StopTrial("pruned")
 
 
-def train_once(adapter: Adapter, folder, *, seed: int = 0, sink: Sink | None = None, test=False):
+def train_once(
+    adapter: Adapter, folder, *, seed: int = 0, sink: Sink | None = None, test=False, **changes
+):
     spec = load_study_spec(adapter.study)
     run = Run(
-        adapter.config(**{"train.seed": seed}),
+        adapter.config(**{"train.seed": seed, **changes}),
         metric=spec.objective.metric,
         minimize=spec.objective.minimize,
         checkpoint_dir=folder,
@@ -102,6 +104,21 @@ def test_reports_prunes_at_the_step_and_a_seed_gives_the_same_metrics(name, tmp_
         "script": tmp_path / "c" / "state.pt",
     }[name]
     assert saved.exists()
+
+
+def test_a_trainer_killed_after_its_last_checkpoint_is_retried_to_the_same_result(tmp_path):
+    # a kill between the Trainer's last checkpoint and the trial's end: the Trainer resumed at
+    # its max_steps would train, evaluate and save a step more (and hpo would report it), in a
+    # folder hpo renamed (so its record of the best checkpoint points at a path that is gone)
+    adapter = ADAPTERS["huggingface"]
+    steps = {"train.max_steps": 10}
+    whole = train_once(adapter, tmp_path / "whole", test=True, **steps)
+    train_once(adapter, tmp_path / "killed", **steps)  # all its checkpoints written, no test
+    (tmp_path / "killed").rename(tmp_path / "retry")
+    retried = train_once(adapter, tmp_path / "retry", test=True, **steps)
+    assert [row["step"] for row in retried.history] == [5, 10]
+    assert retried.history == whole.history and retried.test_metrics == whole.test_metrics
+    assert not (tmp_path / "retry" / "checkpoint-11").exists()
 
 
 @pytest.mark.parametrize("name", ADAPTERS)
