@@ -53,12 +53,15 @@ class PairedRun:
 def reach(curve: list[tuple[int, float]], targets: np.ndarray) -> np.ndarray:
     """Steps after which a best-so-far curve first reached each target (inf: never); the
     vectorized form of search_efficiency.steps_to_reach."""
+    targets = np.asarray(targets, dtype=float)
+    if not curve:
+        return np.full(targets.shape, np.inf)
     steps = np.array([s for s, _ in curve], dtype=float)
     best = np.array([b for _, b in curve], dtype=float)
-    if np.any(np.diff(best) > 0):
+    if np.any(best[1:] > best[:-1]):  # not np.diff: inf - inf where a curve starts at inf
         raise ValueError("a best-so-far curve cannot rise")
     # best is non-increasing, so the points still above a target come first
-    above = np.searchsorted(-best, -np.asarray(targets, dtype=float), side="left")
+    above = np.searchsorted(-best, -targets, side="left")
     return np.where(above < len(steps), steps[np.minimum(above, len(steps) - 1)], np.inf)
 
 
@@ -68,8 +71,12 @@ def load(files: list[str], row: str) -> PairedRun:
     budgets = {out["budget_steps"] for out in saved}
     if len(budgets) != 1 or row not in runs or PLAIN not in runs:
         raise SystemExit(f"{files}: need one budget and the rows {row!r} and {PLAIN!r}")
-    if len(runs[row]) != len(runs[PLAIN]):
-        raise SystemExit(f"{files}: {row!r} and {PLAIN!r} need the same study seeds")
+    seeds = {
+        name: [s for out in saved if name in out["runs"] for s in out["seeds"]]
+        for name in (row, PLAIN)
+    }
+    if seeds[row] != seeds[PLAIN]:  # the pairing: seed by seed, in the files' order
+        raise SystemExit(f"{files}: {row!r} ran seeds {seeds[row]}, {PLAIN!r} {seeds[PLAIN]}")
     plain = np.array([r["best"] for r in runs[PLAIN]], dtype=float)
     return PairedRun(",".join(files), plain, [r["curve"] for r in runs[row]], budgets.pop())
 

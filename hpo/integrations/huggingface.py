@@ -163,15 +163,19 @@ def fit(trainer: Trainer, run: Run, *, test_dataset: Any = None) -> None:
 def last_complete_checkpoint(folder: Path, *, before: int = 0) -> str | None:
     """The newest checkpoint-<step> the Trainer finished writing (its trainer_state.json is
     written last); one a kill cut short is removed, so that the Trainer neither fails on it
-    nor silently starts over from step 0 with its weights. With `before` > 0, only a step below
-    it: a Trainer resumed at its max_steps trains one step more (and evaluates and saves it),
-    so a retry killed after the last checkpoint trains the last stretch again instead."""
+    nor silently starts over from step 0 with its weights.
+
+    With `before` (the Trainer's max_steps), a step below it only: a Trainer resumed at its
+    max_steps trains, evaluates and saves one step more. So a trial killed after its last
+    checkpoint trains again from the newest one before it (with save_total_limit 2, the best
+    one, however early), and the checkpoints at `before` and beyond are removed: the retry
+    writes them again, and a stale one would count as the newest when the Trainer rotates."""
     found = folder.glob("checkpoint-*") if folder.is_dir() else []
     for path in sorted((p for p in found if _step_of(p) is not None), key=_step_of, reverse=True):
-        if not (path / "trainer_state.json").is_file():
-            shutil.rmtree(path, ignore_errors=True)
-        elif before <= 0 or _step_of(path) < before:
+        complete = (path / "trainer_state.json").is_file()
+        if complete and (before <= 0 or _step_of(path) < before):
             return str(path)
+        shutil.rmtree(path, ignore_errors=True)
     return None
 
 

@@ -150,14 +150,19 @@ def test_the_paired_bootstrap_covers_a_statistic_whose_target_is_itself_estimate
     # issue 28 item 5: the compute to reach plain Optuna's median final best. Its true value
     # here is 0.5 (median start 0.5, target's true median 0); both arms are noisy.
     rng = np.random.default_rng(n + strata)
-    covered = []
+    covered, fixed_target = [], []
     for _ in range(300):
         runs = [(rng.normal(0, spread, n), rng.normal(0.5, 0.3, n)) for _ in range(strata)]
-        low, high = paired_bootstrap_interval(
-            _reach_median(runs), [n] * strata, n_resamples=2000, seed=int(rng.integers(2**32))
-        )
+        seed = int(rng.integers(2**32))
+        low, high = paired_bootstrap_interval(_reach_median(runs), [n] * strata, n_resamples=2000, seed=seed)  # fmt: skip
         covered.append(low <= 0.5 <= high)
-    assert 0.92 <= np.mean(covered) <= 1.0, f"coverage {np.mean(covered):.3f}"
+        # the negative control: the target held at its estimate (the tuned arm resampled alone)
+        held = [(np.full(n, np.median(finals)), starts) for finals, starts in runs]
+        low, high = paired_bootstrap_interval(_reach_median(held), [n] * strata, n_resamples=2000, seed=seed)  # fmt: skip
+        fixed_target.append(low <= 0.5 <= high)
+    assert 0.92 <= np.mean(covered) <= 0.99, f"coverage {np.mean(covered):.3f}"
+    if spread >= 0.3:  # a target as noisy as the tuned arm: holding it fixed undercovers
+        assert np.mean(fixed_target) < 0.9, f"fixed target's coverage {np.mean(fixed_target):.3f}"
 
 
 def test_the_paired_bootstrap_widens_with_the_targets_noise_and_takes_never_reached():
