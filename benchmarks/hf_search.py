@@ -3,6 +3,8 @@
     python benchmarks/hf_search.py --seeds 0 1 2 3 4 --budget-s 600 --fresh-seeds 2 \\
         --out benchmarks/results/hf_search.json
 
+(benchmarks/results/kaomoji_lora.md: the run of 2026-12-07, with --fresh-seeds 1.)
+
 Two arms per study seed, each given the same wall-clock budget on this machine, one after the
 other (nothing else running):
   - hf:  `Trainer.hyperparameter_search(backend="optuna")` as HF's docs write it: a
@@ -153,7 +155,8 @@ def hpo_search(seed: int, budget_s: float, folder: Path) -> dict:
     tuned = ("optim.lr", "optim.weight_decay", "schedule.warmup_frac", "train.batch_size")
     chosen = {k: config[k] for k in (*tuned, "lora.r", "lora.alpha_ratio", "lora.dropout")}
     chosen["lora.targets"] = config["lora.targets"]
-    return {"chosen": chosen, "best_val": best.value, "wall_s": time.perf_counter() - start}
+    wall = time.perf_counter() - start
+    return {"chosen": chosen, "best_val": best.value, "wall_s": wall, "trials": len(study.trials)}
 
 
 def test_f1(chosen: dict, fresh_seed: int) -> float:

@@ -24,6 +24,7 @@ from hpo.objective import error_line
 from hpo.raytune.search import trial_config
 from hpo.record import CONTRACT, DIVERGED, ERROR, INVALID_CONFIG, OUT_OF_MEMORY
 from hpo.seam import (
+    LAST,
     ContractError,
     Diverged,
     InvalidConfig,
@@ -72,6 +73,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         trial=config.get("hpo_number"),
     )
     try:
+        _refuse_a_donors_framework_checkpoint(sink, work)
         outcome = execute(trainable, run)
     except Diverged as e:
         sink.failed(run, DIVERGED, str(e), value=e.value, step=e.step)
@@ -89,6 +91,21 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     else:
         sink.finished(run, outcome)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _refuse_a_donors_framework_checkpoint(sink: RaySink, work: Path) -> None:
+    """PBT's exploit hands a trial another member's checkpoint with perturbed settings. hpo's
+    own save (run.save with objects) keeps the new optimizer settings on restore; a framework's
+    own checkpoint (run.save(step) alone: the Trainer's, Lightning's, a script's files) restores
+    the donor's optimizer and schedule, so the perturbed values would be recorded, not trained."""
+    donor = sink.origin["trial_id"]
+    if donor and donor != sink.me and not (work / LAST).exists():
+        raise ContractError(
+            "PBT/PB2 cannot perturb a trial whose checkpoints are its framework's own (the "
+            "function saves with run.save(step) alone): the framework restores the donor's "
+            "optimizer settings, so the perturbed ones would not take effect; use --scheduler "
+            "asha, or save and restore through run.save(step, model=..., optimizer=...)"
+        )
 
 
 class RaySink(Sink):

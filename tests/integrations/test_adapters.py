@@ -21,6 +21,7 @@ from tests.helpers import (
     finish,
     here,
     run_hpo,
+    run_ray,
     sets,
     sqlite_url,
     start,
@@ -192,6 +193,31 @@ def test_a_killed_trial_resumes_from_the_frameworks_own_checkpoint(name, tmp_pat
     assert sorted(retry.intermediate_values) == list(
         range(adapter.interval, steps + 1, adapter.interval)
     )
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_each_adapter_runs_under_ray_into_the_same_study(name, tmp_path, ray_env):
+    adapter = ADAPTERS[name]
+    run_ray(tmp_path, ray_env, "--study", adapter.study, "--trials", "3", *sets(*adapter.tiny))
+    trials = counted(trials_at(tmp_path, adapter.study))
+    assert len(trials) == 3, [(t.number, t.state, TrialRecord.of(t).fail_reason) for t in trials]
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:
+        record = TrialRecord.of(t)
+        assert record.backend == "ray" and record.manifest["framework"]
+        steps = sorted(t.intermediate_values)  # every evaluation, at the framework's steps
+        assert steps == list(range(adapter.interval, record.steps + 1, adapter.interval))
+
+
+def test_pbt_on_a_frameworks_own_checkpoints_is_refused(tmp_path, ray_env):
+    # Lightning restores the donor's optimizer from last.ckpt: a perturbed learning rate would
+    # be recorded and not trained, so the first exploit stops the study, saying why
+    adapter = ADAPTERS["lightning"]
+    # 200 steps: a perturbation every 40, so members meet at one and the worst copies the best
+    long = [*sets(*adapter.tiny), *sets("train.max_steps=200")]
+    err = run_ray(tmp_path, ray_env, "--study", adapter.study, "--trials", "4", "--scheduler",
+                  "pbt", *long, expect=2)  # fmt: skip
+    assert err.splitlines()[-1].startswith("error: PBT/PB2 cannot perturb a trial whose checkpoints are its framework's own"), err[-2000:]  # fmt: skip
 
 
 @pytest.mark.parametrize(
