@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 # run as a script: this folder is on the path
-from search_efficiency import merge_runs
+from search_efficiency import merge_runs, steps_to_reach_each
 
 from hpo.validation.stats import median_interval, paired_bootstrap_interval
 
@@ -39,7 +39,6 @@ QUARTILES = (0.25, 0.5, 0.75)
 class PairedRun:
     """One benchmark run: per study seed, plain Optuna's final best and hpo's best-so-far curve."""
 
-    name: str
     plain_finals: np.ndarray
     curves: list[list[tuple[int, float]]]
     budget: int
@@ -47,22 +46,7 @@ class PairedRun:
     def fractions(self, targets: np.ndarray) -> np.ndarray:
         """(seeds, targets): the share of the budget after which each seed's curve first reached
         each target (inf: never)."""
-        return np.stack([reach(curve, targets) / self.budget for curve in self.curves])
-
-
-def reach(curve: list[tuple[int, float]], targets: np.ndarray) -> np.ndarray:
-    """Steps after which a best-so-far curve first reached each target (inf: never); the
-    vectorized form of search_efficiency.steps_to_reach."""
-    targets = np.asarray(targets, dtype=float)
-    if not curve:
-        return np.full(targets.shape, np.inf)
-    steps = np.array([s for s, _ in curve], dtype=float)
-    best = np.array([b for _, b in curve], dtype=float)
-    if np.any(best[1:] > best[:-1]):  # not np.diff: inf - inf where a curve starts at inf
-        raise ValueError("a best-so-far curve cannot rise")
-    # best is non-increasing, so the points still above a target come first
-    above = np.searchsorted(-best, -targets, side="left")
-    return np.where(above < len(steps), steps[np.minimum(above, len(steps) - 1)], np.inf)
+        return np.stack([steps_to_reach_each(c, targets) / self.budget for c in self.curves])
 
 
 def load(files: list[str], row: str) -> PairedRun:
@@ -78,7 +62,7 @@ def load(files: list[str], row: str) -> PairedRun:
     if seeds[row] != seeds[PLAIN]:  # the pairing: seed by seed, in the files' order
         raise SystemExit(f"{files}: {row!r} ran seeds {seeds[row]}, {PLAIN!r} {seeds[PLAIN]}")
     plain = np.array([r["best"] for r in runs[PLAIN]], dtype=float)
-    return PairedRun(",".join(files), plain, [r["curve"] for r in runs[row]], budgets.pop())
+    return PairedRun(plain, [r["curve"] for r in runs[row]], budgets.pop())
 
 
 def median_fraction(runs: list[PairedRun]) -> float:

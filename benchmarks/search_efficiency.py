@@ -58,6 +58,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pydantic
 import torch
@@ -431,10 +432,21 @@ def merge_runs(saved: list[dict]) -> dict[str, list[dict]]:
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
-    for steps, best in curve:
-        if best <= target:
-            return steps
-    return float("inf")
+    return float(steps_to_reach_each(curve, np.array([target]))[0])
+
+
+def steps_to_reach_each(curve: list[tuple[int, float]], targets: np.ndarray) -> np.ndarray:
+    """Steps after which a best-so-far curve first reached each target (inf: never)."""
+    targets = np.asarray(targets, dtype=float)
+    if not curve:
+        return np.full(targets.shape, np.inf)
+    steps = np.array([s for s, _ in curve], dtype=float)
+    best = np.array([b for _, b in curve], dtype=float)
+    if np.any(best[1:] > best[:-1]):  # not np.diff: inf - inf where a curve starts at inf
+        raise ValueError("a best-so-far curve cannot rise")
+    # best is non-increasing, so the points still above a target come first
+    above = np.searchsorted(-best, -targets, side="left")
+    return np.where(above < len(steps), steps[np.minimum(above, len(steps) - 1)], np.inf)
 
 
 def startup_seconds() -> float:
