@@ -2,12 +2,13 @@
 
     python benchmarks/noise_aware.py --seeds 10 --budget-trials 24 --test-seeds 3 --jobs 2
 
-For each study seed, two studies of hpo's default search (TPE + Hyperband, lr_sweep's space) on
-search_efficiency's setting, each stopped once its runs have trained the same number of steps
-(budget-trials full runs), re-evaluations included:
+For each study seed, two studies of lr_sweep's default search (its sampler and pruner, the
+baseline first) on search_efficiency's setting, each stopped once its runs have trained the same
+number of steps (budget-trials full runs), re-evaluations included:
   - single-seed: the winner is the trial with the best value;
-  - noise-aware: the incumbent is re-evaluated with 2 more seeds within 15% of the compute
-    (hpo.reevaluation, the worker's own code), the winner is the best mean over seeds.
+  - noise-aware: the incumbent and its challengers are re-evaluated with 2 more seeds within 15%
+    of the compute (hpo.reevaluation, the worker's own code), the winner the best on its
+    re-evaluations, compared on the seeds they share (hpo.noise).
 Each winner is then trained on --test-seeds fresh seeds (hpo.validate's seeds and scoring: the
 best checkpoint on the test split). Reported, seed-paired over study seeds: the test loss of the
 noise-aware winner minus the single-seed one (hpo.validation.stats: mean, 95% t-interval,
@@ -39,7 +40,7 @@ from hpo.record import TrialRecord
 from hpo.reevaluation import Reevaluations
 from hpo.storage import open_storage
 from hpo.strategy import make_pruner, make_sampler
-from hpo.study_spec import NoiseSpec, load_study_spec
+from hpo.study_spec import NoiseSpec, baseline_params, load_study_spec
 from hpo.validation.stats import compare_paired
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,9 +64,12 @@ def tune(seed: int, aware: bool, budget: int, workdir: Path) -> dict:
     name = f"study-{seed}"
     label = f"{'aware' if aware else 'single'}-{seed}"
     url = f"sqlite:///{workdir}/{label}.db"
+    sampler, pruner = spec.sampler.name, spec.pruner.name
     study = optuna.create_study(study_name=name, storage=open_storage(url), direction="minimize")
-    study.sampler = make_sampler(spec, name="tpe", seed=seed, worker=0, n_existing=0)
-    study.pruner = make_pruner(spec, name="hyperband", config=spec.fixed_config(sets))
+    study.sampler = make_sampler(spec, name=sampler, seed=seed, worker=0, n_existing=0)
+    study.pruner = make_pruner(spec, name=pruner, config=spec.fixed_config(sets))
+    if spec.sampler.baseline_first:  # as hpo.session.open_study does
+        study.enqueue_trial(baseline_params(spec, sets))
     root = workdir / f"ckpt-{label}"
     objective = Objective(spec, sets=sets, target=10**9, checkpoint_root=root)
     plan = WorkerPlan(
@@ -73,8 +77,8 @@ def tune(seed: int, aware: bool, budget: int, workdir: Path) -> dict:
         study_name=name,
         url=url,
         sets=sets,
-        sampler="tpe",
-        pruner="hyperband",
+        sampler=sampler,
+        pruner=pruner,
         seed=seed,
         target=10**9,
         n_workers=1,

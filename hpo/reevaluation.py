@@ -157,6 +157,6 @@ def say(study: optuna.Study, seeds_study: optuna.Study, done: FrozenTrial, metri
     n = record.reevaluates
     print(
         f"trial {n:>3} again with seed +{record.seed_index}  {metric} {done.value:.4f}  "
-        f"mean of {measured.n_seeds(n)}: {measured.mean(n):.4f}",
+        f"mean of its {measured.n_seeds(n)} re-evaluation(s): {measured.mean(n):.4f}",
         file=sys.stderr,
     )
