@@ -9,11 +9,12 @@ Per study seed, two studies of examples/digits.py's `train`, each stopped once i
 trained budget-trials x train.max_steps steps (the same training code and step counts):
   - hpo: the study as `python -m hpo.run --study digits --seed S` runs it (hpo's objective, the
     study's space, sampler and pruner, its baseline first);
-  - optuna: plain Optuna as its PyTorch example writes it: TPESampler(seed=S) and
-    HyperbandPruner() at their defaults, each evaluation reported by its index (as the example
-    reports epochs), the best val accuracy returned, over a hand-written space (search_efficiency's:
-    one log-uniform lr for every optimizer, uniform betas, log-uniform weight decay, the
-    optimizer and schedule as categories) plus the example's width and dropout.
+  - optuna: plain Optuna as its PyTorch example (pytorch_simple.py) writes it:
+    create_study(direction="maximize", sampler=TPESampler(seed=S)), so the default MedianPruner,
+    each evaluation reported by its index (as the example reports epochs), over a hand-written
+    space (search_efficiency's: one log-uniform lr for every optimizer, uniform betas,
+    log-uniform weight decay, the optimizer and schedule as categories) plus the example's
+    width and dropout. It returns the best val accuracy, not the last, as hpo's objective does.
 Each study's best trial is trained on --test-seeds fresh seeds and scored on the test split as
 hpo.validate scores it. Reported: test accuracy, hpo minus plain Optuna, paired by study seed
 (hpo.validation.stats: mean, 95% t-interval, exact permutation p), and the same for the best
@@ -35,7 +36,8 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_efficiency import HAND_FLOATS, OPTIMIZERS, SCHEDULES, hand_overrides, machine
+from search_efficiency import hand_written_space as optimizer_space
+from search_efficiency import machine
 
 from hpo.objective import Objective, TrialFailed
 from hpo.record import TrialRecord
@@ -54,16 +56,8 @@ METRIC = "val/accuracy"
 
 def hand_written_space(trial: optuna.Trial) -> dict:
     """search_efficiency's hand-written optimizer space, plus the example's own two knobs."""
-    values = {
-        "optimizer": trial.suggest_categorical("optimizer", OPTIMIZERS),
-        **{
-            name: trial.suggest_float(name, low, high, log=log)
-            for name, (low, high, log) in HAND_FLOATS.items()
-        },
-        "schedule": trial.suggest_categorical("schedule", SCHEDULES),
-    }
     return {
-        **hand_overrides(values),
+        **optimizer_space(trial),
         "model.channels": trial.suggest_int("channels", 8, 64, log=True),
         "model.dropout": trial.suggest_float("dropout", 0.0, 0.5),
     }
@@ -124,7 +118,7 @@ def tune(arm: str, seed: int, budget: int, workdir: Path) -> dict:
         objective = Objective(spec, sets={}, target=10**9, checkpoint_root=workdir / f"ckpt-{seed}")
     else:  # as the user writes it: defaults, the study seed only
         study.sampler = optuna.samplers.TPESampler(seed=seed)
-        study.pruner = optuna.pruners.HyperbandPruner()
+        study.pruner = optuna.pruners.MedianPruner()  # create_study's default
         objective = PlainObjective({**fixed, "entry": spec.entry}, workdir / f"plain-{seed}")
 
     def stop_at_budget(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:

@@ -76,7 +76,7 @@ def stops(study: optuna.Study) -> dict[str, dict]:
     """For each rule: the index of the run after which it stops (None: never), its compute."""
     seeds_study = noise.find_seeds_study(study)
     runs = noise.runs_of(study, seeds_study)
-    final = noise.estimate(noise.seed_values(runs), minimize=True)
+    final = noise.estimate_runs(runs, minimize=True)
     # the Terminator sees the search trials only, as a user's study holds them
     finished = sorted(
         (t for t in study.get_trials() if t.state.is_finished()), key=lambda t: t.datetime_complete
@@ -103,7 +103,7 @@ def stops(study: optuna.Study) -> dict[str, dict]:
         i = o["after"] or len(runs)
         prefix = runs[:i]
         o["share"] = sum(r.tokens for r in prefix) / total
-        o["winner"] = noise.estimate(noise.seed_values(prefix), minimize=True).best
+        o["winner"] = noise.estimate_runs(prefix, minimize=True).best
     out["full"] = {"after": len(runs), "share": 1.0, "winner": final.best}
     return out
 

@@ -49,7 +49,7 @@ import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.manifest import manifest_config
-from hpo.record import SURPLUS, TrialRecord
+from hpo.record import DIVERGED, SURPLUS, TrialRecord
 from hpo.storage import storage_of
 from hpo.trainable import SEED_KEY
 
@@ -134,6 +134,7 @@ def fit_seeds(again: dict[int, dict[int, float]]) -> SeedFit:
     """Least squares of value = trial effect + seed effect over `again` (trial -> {seed index:
     value}, re-evaluations only). A trial's adjusted mean is its effect plus the seeds' mean
     effect: its plain mean where it has every seed, and comparable across trials where not."""
+    again = {n: {k: v for k, v in s.items() if math.isfinite(v)} for n, s in again.items()}
     trials = sorted(n for n, seeds in again.items() if seeds)
     seeds = sorted({k for n in trials for k in again[n]})
     rows = [(n, k, v) for n in trials for k, v in sorted(again[n].items())]
@@ -147,10 +148,36 @@ def fit_seeds(again: dict[int, dict[int, float]]) -> SeedFit:
     residual = y - design @ coef
     dof = len(rows) - int(np.linalg.matrix_rank(design))
     sd = math.sqrt(float(residual @ residual) / dof) if dof >= MIN_NOISE_DOF else None
-    seed_mean = float(coef[len(trials) :].mean())
-    adjusted = {n: float(coef[i]) + seed_mean for i, n in enumerate(trials)}
+    # a trial's effect is known up to a shift shared by the trials and seeds its seeds connect
+    # it to; adding the mean effect of those seeds removes it (and gives the plain mean where
+    # the trial has every one of them)
+    of_trial, of_seed = _components({n: again[n].keys() for n in trials})
+    seed_effect = dict(zip(seeds, coef[len(trials) :], strict=True))
+    adjusted = {}
+    for i, n in enumerate(trials):
+        linked = [seed_effect[k] for k in seeds if of_seed[k] == of_trial[n]]
+        adjusted[n] = float(coef[i]) + float(np.mean(linked))
     row_space = np.linalg.pinv(design) @ design  # projects a contrast onto what is estimable
     return SeedFit(adjusted, sd, dof, trials, row_space, np.linalg.pinv(design.T @ design))
+
+
+def _components(seeds_of: dict[int, Iterable[int]]) -> tuple[dict[int, int], dict[int, int]]:
+    """The connected components of the graph of trials and the seeds they have: a label for
+    each trial, and for each seed index."""
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(x: tuple[str, int]) -> tuple[str, int]:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for n, seeds in seeds_of.items():
+        for k in seeds:
+            parent[root(("seed", k))] = root(("trial", n))
+    labels: dict[tuple[str, int], int] = {}
+    trials = {n: labels.setdefault(root(("trial", n)), len(labels)) for n in seeds_of}
+    seeds = {k: trials[n] for n, ks in seeds_of.items() for k in ks}
+    return trials, seeds
 
 
 @dataclass(frozen=True)
@@ -164,6 +191,7 @@ class SeedNoise:
     dof: int  # its degrees of freedom
     reevaluated: int = 0  # trials with more than one seed
     fit: SeedFit = field(default_factory=lambda: SeedFit({}, None, 0), repr=False)
+    diverged: frozenset[int] = frozenset()  # a re-evaluation's loss blew up: ranked last
 
     @property
     def paired_sd(self) -> float | None:
@@ -187,20 +215,20 @@ class SeedNoise:
         """Trial numbers, the incumbent first: a trial with its own run alone that beats every
         re-evaluated trial on seed 0 (the one seed they share: it leads the search, as a
         single-seed study would choose it), then the re-evaluated trials by their adjusted
-        means, then the other trials by their own runs."""
+        means, then the other trials by their own runs; last, the trials that diverged on
+        another seed."""
         sign = 1.0 if self.minimize else -1.0
-        own = {n: sign * seeds[0] for n, seeds in self.values.items()}
-        measured = [n for n in self.values if self.again(n)]
+        stable = [n for n in sorted(self.values) if n not in self.diverged]
+        own = {n: sign * self.values[n][0] for n in stable}
+        measured = [n for n in stable if n in self.fit.adjusted]
         lead = min((own[n] for n in measured), default=math.inf)
-        leaders = sorted(
-            (n for n in self.values if n not in measured and own[n] < lead), key=own.get
-        )
-        # compared on the seeds they share; more seeds first among equals
+        leaders = sorted((n for n in stable if n not in measured and own[n] < lead), key=own.get)
+        # compared on the seeds they share; more seeds first among equals (sorted: stable)
         adjusted = sorted(
             measured, key=lambda n: (sign * self.fit.adjusted[n], -len(self.again(n)))
         )
-        rest = sorted((n for n in self.values if n not in measured and own[n] >= lead), key=own.get)
-        return [*leaders, *adjusted, *rest]
+        rest = sorted((n for n in stable if n not in measured and own[n] >= lead), key=own.get)
+        return [*leaders, *adjusted, *rest, *sorted(self.diverged & self.values.keys())]
 
     @property
     def best(self) -> int | None:
@@ -221,13 +249,14 @@ class SeedNoise:
         """The best trial, then every re-evaluated trial that no other beats beyond the seed
         noise on their shared seeds (one-sided paired t-tests at 1 - TIE_LEVEL, Bonferroni over
         the others): the truly best re-evaluated trial is in it with TIE_LEVEL probability.
-        The best alone until the paired noise is measured, or while it is not re-evaluated."""
+        The best alone until the paired noise is measured. (A best that leads on its own run
+        alone is not compared: it heads the set, then the re-evaluated trials so chosen.)"""
         best = self.best
         if best is None:
             return []
-        measured = [n for n in self.ranked() if self.again(n)]
-        if self.paired_sd is None or len(measured) < 2 or best not in measured:
-            return [best]  # a leader on its own run alone is compared with nothing yet
+        measured = [n for n in self.ranked() if n in self.fit.adjusted and n not in self.diverged]
+        if self.paired_sd is None or len(measured) < 2:
+            return [best]
         t = float(scipy.stats.t.ppf(1 - (1 - TIE_LEVEL) / (len(measured) - 1), self.fit.dof))
         sign = 1.0 if self.minimize else -1.0
         adjusted = self.fit.adjusted
@@ -242,9 +271,13 @@ class SeedNoise:
         return [best, *(n for n in measured if n != best and not beaten(n))]
 
 
-def estimate(values: dict[int, dict[int, float]], *, minimize: bool) -> SeedNoise:
+def estimate(
+    values: dict[int, dict[int, float]], *, minimize: bool, diverged: Iterable[int] = ()
+) -> SeedNoise:
     """Pool the within-trial variance of the re-evaluations (seed index 1 and up) of every
-    trial that has two or more of them, and fit them by trial and seed (`fit_seeds`)."""
+    trial that has two or more of them, and fit them by trial and seed (`fit_seeds`).
+    `values` holds each trial's own run (seed index 0); `diverged`: trials whose loss blew up
+    on another seed, ranked last."""
     ss, dof, reevaluated = 0.0, 0, 0
     for seeds in values.values():
         reevaluated += len(seeds) > 1
@@ -256,7 +289,14 @@ def estimate(values: dict[int, dict[int, float]], *, minimize: bool) -> SeedNois
         dof += len(again) - 1
     sd = math.sqrt(ss / dof) if dof >= MIN_NOISE_DOF else None
     fit = fit_seeds({n: {k: v for k, v in s.items() if k > 0} for n, s in values.items()})
-    return SeedNoise(values, minimize, sd, dof, reevaluated, fit)
+    return SeedNoise(values, minimize, sd, dof, reevaluated, fit, frozenset(diverged))
+
+
+def estimate_runs(runs: Iterable[Run], *, minimize: bool) -> SeedNoise:
+    """`estimate` of a study's finished runs (`runs_of`)."""
+    runs = list(runs)
+    diverged = {r.trial for r in runs if r.reevaluation and r.diverged and r.trial is not None}
+    return estimate(seed_values(runs), minimize=minimize, diverged=diverged)
 
 
 @dataclass(frozen=True)
@@ -268,6 +308,7 @@ class Run:
     seed_index: int = 0
     value: float | None = None  # None: pruned, failed, or still running
     reevaluation: bool = False
+    diverged: bool = False  # its loss blew up (a re-evaluation: the config is unstable)
 
 
 def runs_of(study: optuna.Study, seeds_study: optuna.Study | None) -> list[Run]:
@@ -281,7 +322,8 @@ def runs_of(study: optuna.Study, seeds_study: optuna.Study | None) -> list[Run]:
         record = TrialRecord.of(t)
         if t.state.is_finished() and pair_of(t) is not None:
             value = t.value if t.state == TrialState.COMPLETE else None
-            run = Run(_tokens(t), record.reevaluates, record.seed_index, value, reevaluation=True)
+            diverged = record.stop_reason == DIVERGED
+            run = Run(_tokens(t), record.reevaluates, record.seed_index, value, True, diverged)
             timed.append((t.datetime_complete, run))
     timed.sort(key=lambda pair: pair[0])
     return [run for _, run in timed]
@@ -300,7 +342,7 @@ def measure(study: optuna.Study, seeds_study: optuna.Study | None = None) -> See
     """The study's seed noise as stored now (its companion found if not given)."""
     seeds_study = seeds_study if seeds_study is not None else find_seeds_study(study)
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
-    return estimate(seed_values(runs_of(study, seeds_study)), minimize=minimize)
+    return estimate_runs(runs_of(study, seeds_study), minimize=minimize)
 
 
 @dataclass(frozen=True)
@@ -350,10 +392,10 @@ def next_reevaluation(
     def missing(n: int) -> list[int]:
         return [k for k in range(1, seeds + 1) if k not in noise.values[n] and (n, k) not in taken]
 
-    candidates = [n for n in noise.ranked() if n in begun and n not in busy and missing(n)]
-    for n in (noise.best, noise.challenger()):
-        if n is not None and n not in busy and missing(n):
-            candidates.append(n)
+    # no more compute on a config that diverged on another seed
+    idle = [n for n in noise.ranked() if n not in busy and n not in noise.diverged]
+    candidates = [n for n in idle if n in begun and missing(n)]
+    candidates += [n for n in (noise.best, noise.challenger()) if n in idle and missing(n)]
     if not candidates:
         return None
     planned = used.reevaluations + full_tokens * (len(in_flight) + 1)
@@ -418,7 +460,7 @@ def gains_below_noise(runs: Sequence[Run], *, minimize: bool) -> StopDecision | 
     None until that can be judged: the noise measured and at least MIN_TRIALS_TO_STOP search
     trials finished."""
     trials = sum(not r.reevaluation for r in runs)
-    now = estimate(seed_values(runs), minimize=minimize)
+    now = estimate_runs(runs, minimize=minimize)
     if trials < MIN_TRIALS_TO_STOP or now.paired_sd is None or now.best is None:
         return None
     noise_sd = math.sqrt(2) * now.paired_sd
@@ -502,7 +544,7 @@ def report(study: optuna.Study) -> NoiseReport | None:
     if seeds_study is None:
         return None
     runs = runs_of(study, seeds_study)
-    noise = estimate(seed_values(runs), minimize=study.direction.name == "MINIMIZE")
+    noise = estimate_runs(runs, minimize=study.direction.name == "MINIMIZE")
     best = noise.best
     if best is None:
         return None
@@ -532,7 +574,7 @@ def unmeasured(study: optuna.Study, seeds: int, max_share: float) -> str | None:
         return None
     runs = runs_of(study, find_seeds_study(study))
     used = spent(runs)
-    best = estimate(seed_values(runs), minimize=study.direction.name == "MINIMIZE").best
+    best = estimate_runs(runs, minimize=study.direction.name == "MINIMIZE").best
     if best is None:
         return None
     if seeds < 2:

@@ -115,7 +115,7 @@ def due_reevaluation(
 ) -> tuple[int, int] | None:
     """(trial, seed index) that is due now (hpo.noise.next_reevaluation), for either backend."""
     runs = noise.runs_of(study, seeds_study)
-    measured = noise.estimate(noise.seed_values(runs), minimize=minimize)
+    measured = noise.estimate_runs(runs, minimize=minimize)
     if measured.best is None:
         return None
     best = study.get_trials(deepcopy=False)[measured.best]

@@ -94,12 +94,48 @@ def test_a_re_evaluated_leader_is_raced_on_its_re_evaluations_and_a_lone_run_on_
     # a lone run that beats every re-evaluated trial on seed 0 leads, as a single-seed study
     # would choose it, and is re-evaluated next as the incumbent
     got = estimate({**values, 3: {0: 1.95}}, minimize=True)
-    assert got.best == 3 and got.challenger() is None and got.tied() == [3]
+    assert got.best == 3 and got.challenger() is None
+    assert got.tied() == [3]  # with the paired noise not measured yet
     assert next_reevaluation(got, Spent(20 * FULL, 4 * FULL), **budget) == (3, 1)
     # once re-evaluated, it is compared on the seeds it shares with the others, its own run
     # left out: worse than trial 1 there, it gives the lead back
     got = estimate({**values, 3: {0: 1.95, 1: 2.09}}, minimize=True)
     assert got.best == 1 and got.ranked()[1] == 3
+
+
+def test_a_lone_leader_heads_the_tied_set_of_the_re_evaluated_trials():
+    rng = np.random.default_rng(4)
+    values = {
+        n: {k: 2.0 + 0.3 * (n == 2) + rng.normal(0, 0.01) for k in range(3)} for n in range(3)
+    }
+    values[3] = {0: 1.5}  # leads on seed 0 alone
+    got = estimate(values, minimize=True)
+    assert got.paired_sd is not None and got.best == 3
+    assert got.tied() == [3, *sorted(got.tied()[1:], key=got.fit.adjusted.get)]
+    assert set(got.tied()) == {3, 0, 1}  # trial 2 is 30 paired sds worse
+
+
+def test_trials_whose_seeds_do_not_connect_are_compared_on_their_plain_means():
+    # trials 0 and 1 have seed 1 only, trial 2 seed 2 only: no seed effect can be told apart
+    got = estimate({0: {0: 2.2, 1: 2.0}, 1: {0: 2.3, 1: 2.0}, 2: {0: 2.4, 2: 1.9}}, minimize=True)
+    assert got.fit.adjusted == pytest.approx({0: 2.0, 1: 2.0, 2: 1.9})
+    assert got.best == 2
+    assert got.fit.difference_se(0, 2) is None  # not comparable on a shared seed
+
+
+def test_a_config_that_diverged_on_another_seed_is_ranked_last_and_not_rerun():
+    values = {0: {0: 1.9, 1: 2.0}, 1: {0: 2.1, 1: 2.2, 2: 2.3}, 2: {0: 2.5}}
+    got = estimate(values, minimize=True, diverged={0})  # trial 0's seed 2 blew up
+    assert got.ranked() == [1, 2, 0]
+    budget = dict(seeds=2, max_share=0.9, full_tokens=FULL)
+    assert next_reevaluation(got, Spent(10 * FULL, 3 * FULL), **budget) == (2, 1)
+    # from the runs as stored: the diverged re-evaluation is marked, its value dropped
+    runs = [
+        Run(FULL, 0, 0, 1.9),
+        Run(FULL, 0, 1, 2.0, reevaluation=True),
+        Run(FULL, 0, 2, None, reevaluation=True, diverged=True),
+    ]
+    assert noise.estimate_runs(runs, minimize=True).diverged == {0}
 
 
 def test_trials_are_compared_on_the_seeds_they_share():
@@ -131,12 +167,14 @@ def test_trials_are_compared_on_the_seeds_they_share():
 def test_the_tied_set_holds_the_truly_best_though_it_was_picked_among_many():
     """20 re-evaluated trials, one truly best by half a paired sd, 2 re-evaluations each and
     seed effects 4 times the noise: the tied set holds the truly best in at least 95% of 400
-    studies, while the best on the data alone is it far less often."""
+    studies, while the best on the data alone is it far less often. A trial 5 paired sds worse
+    is left out of it in most: on the seeds they share, the seeds' own luck (sd 0.2, which an
+    unpaired comparison would count as noise) cancels."""
     rng = np.random.default_rng(3)
-    covered = picked = 0
+    covered = picked = worse_out = 0
     for _ in range(400):
         seed_luck = rng.normal(0, 0.2, size=3)
-        effects = np.r_[2.0 - 0.025, np.full(19, 2.0)]
+        effects = np.r_[2.0 - 0.025, np.full(19, 2.0), 2.0 + 0.25]
         values = {
             n: {k: float(e + seed_luck[k] + rng.normal(0, 0.05)) for k in range(3)}
             for n, e in enumerate(effects)
@@ -144,11 +182,10 @@ def test_the_tied_set_holds_the_truly_best_though_it_was_picked_among_many():
         got = estimate(values, minimize=True)
         covered += 0 in got.tied()
         picked += got.best == 0
+        worse_out += 20 not in got.tied()
     assert covered / 400 >= 0.95
     assert picked / 400 < 0.5
-    # and the set is not everything: a trial many paired sds away is left out
-    values[99] = {k: 3.0 + seed_luck[k] for k in range(3)}
-    assert 99 not in estimate(values, minimize=True).tied()
+    assert worse_out / 400 >= 0.8
 
 
 def test_the_incumbent_gets_its_seeds_within_the_share_of_compute():
@@ -226,6 +263,7 @@ def test_the_stop_rule_reads_gains_on_the_paired_scale(seed):
     runs, stopped_at = simulate(curve, sd=0.02, luck=(0.1, 0.2, -0.2), trials=60, seed=seed)
     assert stopped_at is None
     decision = gains_below_noise(runs, minimize=True)
+    assert decision is not None  # the noise was measured: the rule judged, and went on
     assert decision.noise_sd < 0.1 < estimate(noise.seed_values(runs), minimize=True).sd
 
 
@@ -316,20 +354,26 @@ def test_a_study_reevaluates_its_incumbents_with_two_workers(tmp_path, cache_dir
     study = optuna.load_study(study_name="noisy", storage=sqlite_url(tmp_path))
     measured = noise.measure(study)
     assert measured.sd is not None and measured.paired_sd is not None
-    # the summary and validate pick the best on its mean over its re-evaluations
-    assert f"best: trial {measured.best}, mean {measured.mean(measured.best):.4f}" in out.stderr
     assert "tied with it within noise" in out.stderr
-    # the best, worked out here from the stored runs: the re-evaluations alone, and among the
-    # trials with the same seeds the lowest mean
+    # the best, worked out here from the stored runs: among the re-evaluated trials with the
+    # same seeds, the lowest mean over the re-evaluations (its own run left out), unless a lone
+    # run beats every re-evaluated trial on seed 0
     again: dict[int, dict[int, float]] = {}
     seeds_study = optuna.load_study(study_name="noisy:seeds", storage=sqlite_url(tmp_path))
     for t in seeds_study.get_trials(states=(TrialState.COMPLETE,)):
         record = TrialRecord.of(t)
         again.setdefault(record.reevaluates, {})[record.seed_index] = t.value
-    best = again[measured.best]
-    assert measured.mean(measured.best) == pytest.approx(sum(best.values()) / len(best))
-    alike = [n for n in again if again[n].keys() == best.keys()]
-    assert measured.best == min(alike, key=lambda n: sum(again[n].values()))
+    if measured.best in again:
+        best = again[measured.best]
+        mean = sum(best.values()) / len(best)
+        assert measured.mean(measured.best) == pytest.approx(mean)
+        assert f"best: trial {measured.best}, mean {mean:.4f} over its" in out.stderr
+        alike = [n for n in again if again[n].keys() == best.keys()]
+        assert measured.best == min(alike, key=lambda n: sum(again[n].values()))
+    else:
+        own = study.trials[measured.best].value
+        assert all(own < study.trials[n].value for n in again)
+        assert f"best: trial {measured.best}, value {own:.4f} (not re-evaluated" in out.stderr
     chosen = configs_to_validate(study, trial=None, top_k=None)
     assert next(iter(chosen)) == f"trial_{measured.best}"
     assert list(chosen) == [*(f"trial_{n}" for n in measured.tied()[:5]), "baseline"]
