@@ -15,6 +15,10 @@ Strategies, each given the same compute budget (training steps summed over trial
     epochs
   - tpe+hyperband/hand-space: hpo's sampler and pruner on that hand-written space (so the
     effect of hpo's space and of hpo's search are told apart)
+  - tpe+sha/hand-space: the same under today's default (the baseline first, as hpo's default
+    gets it, written in the hand-written space)
+  - optuna-tpe+hyperband/baseline-first: plain Optuna given the baseline as its first trial
+    (`study.enqueue_trial`, as Optuna's docs write it): what comes from the baseline alone
   - ray-optuna+asha: Ray Tune as its documentation writes it, OptunaSearch() and
     ASHAScheduler() at their defaults, one trial at a time, over the hand-written space
     (tune.loguniform / tune.uniform / tune.choice), val loss reported at each evaluation; its
@@ -101,6 +105,8 @@ STRATEGIES = {
     "optuna-tpe+hyperband": ("optuna-tpe", "optuna-hyperband", "hand"),
     "optuna-tpe+median": ("optuna-tpe", "optuna-median", "hand"),
     "tpe+hyperband/hand-space": ("tpe", "hyperband", "hand"),
+    "tpe+sha/hand-space": ("tpe", "sha", "hand"),
+    "optuna-tpe+hyperband/baseline-first": ("optuna-tpe", "optuna-hyperband", "hand"),
     "ray-optuna+asha": ("ray-optuna", "ray-asha", "hand"),
     # benchmarks/peers.py, pip install -e .[bench-peers]
     "smac-mf": ("smac", "smac-hyperband", "hand"),
@@ -138,6 +144,18 @@ def hand_written_space(trial: optuna.Trial) -> dict:
             "schedule": trial.suggest_categorical("schedule", SCHEDULES),
         }
     )
+
+
+def hand_baseline(config: dict) -> dict:
+    """The baseline's config as a point of the hand-written space (hand_overrides inverted)."""
+    return {
+        "optimizer": config["optim.name"],
+        "lr": config["optim.lr"],
+        "beta1": config["optim.beta1"],
+        "beta2": config["optim.beta2"],
+        "weight_decay": config["optim.weight_decay"],
+        "schedule": config["schedule.name"],
+    }
 
 
 def hand_overrides(values: dict) -> dict:
@@ -230,6 +248,8 @@ def run_strategy(
         study.pruner = make_pruner(spec, name=pruner, config=fixed)
         if spec.sampler.baseline_first and space == "hpo":  # as hpo.session.open_study does
             study.enqueue_trial(baseline_params(spec, sets))
+    if space == "hand" and (name.endswith("/baseline-first") or name == "tpe+sha/hand-space"):
+        study.enqueue_trial(hand_baseline(spec.baseline_config(sets)))
     if space == "hand":
         objective = PlainObjective(base, by_step=pruner not in PLAIN_PRUNERS)
     else:
