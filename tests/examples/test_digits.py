@@ -86,7 +86,7 @@ def test_a_killed_digits_trial_resumes_from_its_last_save_as_if_never_killed(tmp
     """kill -9 mid-trial: the retry starts at the step of the function's last run.save, and
     ends with the metrics of a run that was never interrupted (CPU: exactly)."""
     env = {**env, "HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "3"}
-    long = ["--pruner", "none", *sets("train.max_steps=2000", "train.eval_interval=100")]
+    long = ["--pruner", "none", *sets("train.max_steps=1000", "train.eval_interval=100")]
     args = ["--study", "digits", "--trials", "2", *long]
     proc = start("hpo.run", "--storage", sqlite_url(tmp_path), *args, env=env)
 
