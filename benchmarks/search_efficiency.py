@@ -146,28 +146,25 @@ def hand_written_space(trial: optuna.Trial) -> dict:
     )
 
 
+# the hand-written space's names and the trainer's settings they set
+HAND_SETTINGS = {
+    "optimizer": "optim.name",
+    "lr": "optim.lr",
+    "beta1": "optim.beta1",
+    "beta2": "optim.beta2",
+    "weight_decay": "optim.weight_decay",
+    "schedule": "schedule.name",
+}
+
+
 def hand_baseline(config: dict) -> dict:
     """The baseline's config as a point of the hand-written space (hand_overrides inverted)."""
-    return {
-        "optimizer": config["optim.name"],
-        "lr": config["optim.lr"],
-        "beta1": config["optim.beta1"],
-        "beta2": config["optim.beta2"],
-        "weight_decay": config["optim.weight_decay"],
-        "schedule": config["schedule.name"],
-    }
+    return {name: config[setting] for name, setting in HAND_SETTINGS.items()}
 
 
 def hand_overrides(values: dict) -> dict:
     """The hand-written space's values as the trainer's settings."""
-    return {
-        "optim.name": values["optimizer"],
-        "optim.lr": values["lr"],
-        "optim.beta1": values["beta1"],
-        "optim.beta2": values["beta2"],
-        "optim.weight_decay": values["weight_decay"],
-        "schedule.name": values["schedule"],
-    }
+    return {setting: values[name] for name, setting in HAND_SETTINGS.items()}
 
 
 class PlainObjective:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import scipy.sparse.csgraph
 import scipy.stats
 from optuna.trial import FrozenTrial, TrialState
 
@@ -151,33 +152,16 @@ def fit_seeds(again: dict[int, dict[int, float]]) -> SeedFit:
     # a trial's effect is known up to a shift shared by the trials and seeds its seeds connect
     # it to; adding the mean effect of those seeds removes it (and gives the plain mean where
     # the trial has every one of them)
-    of_trial, of_seed = _components({n: again[n].keys() for n in trials})
-    seed_effect = dict(zip(seeds, coef[len(trials) :], strict=True))
-    adjusted = {}
-    for i, n in enumerate(trials):
-        linked = [seed_effect[k] for k in seeds if of_seed[k] == of_trial[n]]
-        adjusted[n] = float(coef[i]) + float(np.mean(linked))
+    # the graph of trials and seeds (a column each) joined where a run links them
+    _, component = scipy.sparse.csgraph.connected_components(design.T @ design, directed=False)
+    of_trial, of_seed = component[: len(trials)], component[len(trials) :]
+    seed_effects = coef[len(trials) :]
+    adjusted = {
+        n: float(coef[i] + seed_effects[of_seed == of_trial[i]].mean())
+        for i, n in enumerate(trials)
+    }
     row_space = np.linalg.pinv(design) @ design  # projects a contrast onto what is estimable
     return SeedFit(adjusted, sd, dof, trials, row_space, np.linalg.pinv(design.T @ design))
-
-
-def _components(seeds_of: dict[int, Iterable[int]]) -> tuple[dict[int, int], dict[int, int]]:
-    """The connected components of the graph of trials and the seeds they have: a label for
-    each trial, and for each seed index."""
-    parent: dict[tuple[str, int], tuple[str, int]] = {}
-
-    def root(x: tuple[str, int]) -> tuple[str, int]:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    for n, seeds in seeds_of.items():
-        for k in seeds:
-            parent[root(("seed", k))] = root(("trial", n))
-    labels: dict[tuple[str, int], int] = {}
-    trials = {n: labels.setdefault(root(("trial", n)), len(labels)) for n in seeds_of}
-    seeds = {k: trials[n] for n, ks in seeds_of.items() for k in ks}
-    return trials, seeds
 
 
 @dataclass(frozen=True)
